@@ -1,0 +1,108 @@
+"""Command line: ``lcsnn run | check | info | doctor`` (also ``python -m brian_lcsnn``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("brian_lcsnn")
+
+EXIT_BAD_INPUT = 2
+
+
+def _protocol_args(parser):
+    parser.add_argument("protocol", help="the protocol file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a protocol value, e.g. --set network.n_filters=100 --set phases.0.n=500")  # fmt: skip
+    parser.add_argument("--seed", type=int, help="override the protocol's seed")
+    parser.add_argument("--device", choices=("cpp_standalone", "runtime", "cuda_standalone"),
+                        help="override simulation.device")  # fmt: skip
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcsnn", description="Locally connected spiking networks on MNIST, in Brian2.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a protocol; prints the run directory as the last line")
+    _protocol_args(run)
+    run.add_argument("--results", type=Path, help="results folder (default: $BRIAN_LCSNN_RESULTS or ./results)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    check = sub.add_parser("check", help="validate a protocol without running it")
+    _protocol_args(check)
+
+    info = sub.add_parser("info", help="sizes of a protocol's network (neurons, synapses, parameters)")
+    _protocol_args(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("doctor", help="check the environment: compiler, Brian2, numpy, a tiny C++ build, CUDA")
+    return parser
+
+
+def _load(args):
+    from .protocol import load_protocol
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    if args.device:
+        overrides.append(f"simulation.device={args.device}")
+    return load_protocol(args.protocol, overrides)
+
+
+def main(argv=None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .data import DataError
+    from .models import ModelError
+    from .protocol import ProtocolError
+
+    try:
+        if args.command == "doctor":
+            from .doctor import run_doctor
+
+            return run_doctor()
+        protocol = _load(args)
+        if args.command == "check":
+            print(f"{protocol.path}: ok ({len(protocol['phases'])} phases)")
+            return 0
+        if args.command == "info":
+            sizes = protocol.geometry.sizes()
+            if args.json:
+                print(json.dumps(sizes, indent=2))
+            else:
+                for key, value in sizes.items():
+                    print(f"{key:>18}: {value:,}")
+            return 0
+        from .results import default_results_root
+        from .runner import run_protocol
+
+        run_dir = run_protocol(protocol, args.results or default_results_root(), progress=not args.quiet)
+        _print_scores(run_dir)
+        print(run_dir)
+        return 0
+    except (ProtocolError, ModelError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _print_scores(run_dir: Path) -> None:
+    path = run_dir / "scores.json"
+    if not path.exists():
+        return
+    for phase, methods in json.loads(path.read_text()).items():
+        for method, score in methods.items():
+            print(f"{phase:>10} {method:>14}: {score['accuracy']:.4f} ± {score['error']:.4f} (n={score['n']})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

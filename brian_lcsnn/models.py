@@ -1,0 +1,158 @@
+"""Model files: Brian2 equation strings and their parameters, read from YAML files under ``models/``.
+
+A model file holds one piece of the network's dynamics (an input layer, a neuron, a plasticity rule, a
+normalisation, ...) so that a researcher can change the dynamics without touching Python. Parameters carry
+their units as strings (``"20 ms"``) and become Brian2 quantities; protocols may override them by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ModelError", "ModelFile", "MODEL_KINDS", "load_model", "parse_quantity", "models_dir"]
+
+logger = logging.getLogger(__name__)
+
+#: The sections each kind of model file may have (besides ``kind`` and ``parameters``), and which are required.
+MODEL_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "input": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
+    "neuron": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
+    "synapse": {"required": ("equations", "on_pre"), "optional": ("on_post", "first_step_end")},
+    "normalisation": {"required": ("target_equations", "synapse_equations", "sample_end"), "optional": ()},
+}
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message names the file and the key."""
+
+
+def models_dir() -> Path:
+    """The ``models/`` folder shipped with the package (the repository's top-level ``models/``)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "models", here / "models"):
+        if candidate.is_dir():
+            return candidate
+    raise ModelError(f"models folder not found next to {here}")
+
+
+def parse_quantity(value, where: str = "value"):
+    """Turn ``-65``, ``"-65 mV"``, ``"1e6 ms"`` or ``"0.05*mV"`` into a float or a Brian2 quantity."""
+    import brian2
+
+    if isinstance(value, bool):
+        raise ModelError(f"{where}: expected a number with an optional unit, got {value!r}")
+    if isinstance(value, int | float):
+        return value
+    if not isinstance(value, str):
+        raise ModelError(f"{where}: expected a number with an optional unit, got {value!r}")
+    text = value.strip()
+    match = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*?\s*([A-Za-z][A-Za-z0-9/*^ ]*)?", text)
+    if not match:
+        raise ModelError(f"{where}: cannot read {value!r} as a number with a unit (e.g. '20 ms')")
+    number, unit = float(match.group(1)), match.group(2)
+    if not unit:
+        return number
+    unit = unit.strip().replace("^", "**")
+    try:
+        unit_value = eval(unit, {"__builtins__": {}}, vars(brian2.units))  # names restricted to Brian2's units
+    except Exception:
+        raise ModelError(f"{where}: unknown unit {unit!r} in {value!r}") from None
+    return number * unit_value
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One model file: its kind, parameters (Brian2 quantities) and code sections (equation strings)."""
+
+    path: Path
+    kind: str
+    parameters: dict = field(default_factory=dict)
+    sections: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def section(self, key: str) -> str | None:
+        return self.sections.get(key)
+
+    def with_parameters(self, overrides: dict, where: str) -> ModelFile:
+        """A copy with some parameters replaced; unknown names and unit mismatches are errors."""
+        import brian2
+
+        params = dict(self.parameters)
+        for key, value in overrides.items():
+            if key not in params:
+                known = ", ".join(sorted(params)) or "none"
+                raise ModelError(f"{where}.{key}: {self.path.name} has no parameter {key!r} (it has: {known})")
+            new = parse_quantity(value, f"{where}.{key}")
+            old_dim = brian2.get_dimensions(params[key])
+            if brian2.get_dimensions(new) != old_dim:
+                raise ModelError(
+                    f"{where}.{key}: {value!r} has the wrong unit for {self.path.name}"
+                    f" (expected dimensions of {params[key]!r})"
+                )
+            params[key] = new
+        return replace(self, parameters=params)
+
+
+def load_model(path: str | Path, expected_kind: str | None = None, where: str | None = None) -> ModelFile:
+    """Read and check one model file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file; a bare name such as ``adaptive_lif`` is looked up in the shipped ``models/`` folder.
+    expected_kind : str, optional
+        Raise `ModelError` unless the file is of this kind.
+    where : str, optional
+        Where the file was named (e.g. ``"protocol.yaml: models.neuron"``), for error messages.
+    """
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = models_dir() / f"{path.name}.yaml"
+    where = where or str(path)
+    if not path.is_file():
+        raise ModelError(f"{where}: model file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ModelError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: a model file must be a mapping of sections")
+    kind = data.get("kind")
+    if kind not in MODEL_KINDS:
+        raise ModelError(f"{path}: kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    if expected_kind and kind != expected_kind:
+        raise ModelError(f"{where}: {path.name} is a {kind!r} model, expected a {expected_kind!r} model")
+    allowed = set(MODEL_KINDS[kind]["required"]) | set(MODEL_KINDS[kind]["optional"]) | {"kind", "parameters"}
+    for key in data:
+        if key not in allowed:
+            raise ModelError(f"{path}: unknown section {key!r} for a {kind} model (allowed: {', '.join(sorted(allowed))})")
+    for key in MODEL_KINDS[kind]["required"]:
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ModelError(f"{path}: section {key!r} is missing or empty")
+    sections = {}
+    for key in allowed - {"kind", "parameters"}:
+        if key in data:
+            if not isinstance(data[key], str):
+                raise ModelError(f"{path}: section {key!r} must be a string of Brian2 code")
+            sections[key] = data[key].strip()
+    raw_params = data.get("parameters") or {}
+    if not isinstance(raw_params, dict):
+        raise ModelError(f"{path}: parameters must be a mapping name: value")
+    params = {}
+    for name, value in raw_params.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ModelError(f"{path}: parameters.{name}: not a valid identifier")
+        params[name] = parse_quantity(value, f"{path}: parameters.{name}")
+    return ModelFile(path=path.resolve(), kind=kind, parameters=params, sections=sections)

@@ -1,0 +1,291 @@
+"""Protocols: YAML files that name the data, the network, its model files, the seed and the phases.
+
+The whole file is checked before anything runs; every problem is one line naming the file, the key and
+what is wrong (`ProtocolError`). ``--set dotted.key=value`` overrides any value before the check.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .models import ModelError, load_model, parse_quantity
+from .topology import ARCHITECTURES, Geometry, GeometryError
+
+__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "PHASE_TYPES", "DEFAULTS"]
+
+logger = logging.getLogger(__name__)
+
+PHASE_TYPES = ("train", "calibrate", "test")
+SAMPLINGS = ("with_replacement", "shuffled", "ordered")
+#: The data split each phase type draws from (the thesis's split).
+PHASE_SPLIT = {"train": "train", "calibrate": "calibration", "test": "test"}
+
+#: Every key a protocol may have, with its default (None: required or optional without default).
+DEFAULTS = {
+    "name": None,
+    "description": "",
+    "seed": 1,
+    "dataset": {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"},
+    "network": {"architecture": "LC", "n_filters": 25, "kernel_size": 12, "stride": 4, "mean_weight": 0.4, "c_w": -100.0},
+    "models": {
+        "input": "input_thesis",
+        "neuron": "adaptive_lif",
+        "xy": "stdp_postpre",
+        "normalisation": "normalise_incoming",
+        "yy": "competition_fixed",
+    },
+    "parameters": {"input": {}, "neuron": {}, "xy": {}, "normalisation": {}, "yy": {}},
+    "simulation": {
+        "device": "cpp_standalone",
+        "time_per_sample": "250 ms",
+        "dt": "1 ms",
+        "samples_per_chunk": 1000,
+        "float": "float64",
+        "threads": 1,
+    },
+    "readout": {"linear": "logistic", "top_n": []},
+    "phases": None,
+}
+PHASE_KEYS = {"type": None, "n": None, "name": None, "sampling": None}
+DEFAULT_SAMPLING = {"train": "with_replacement", "calibrate": "ordered", "test": "ordered"}
+
+
+class ProtocolError(ValueError):
+    """A protocol that cannot run; the message is one line naming the file and the key."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A checked protocol: ``data`` is the resolved mapping (defaults filled in), ``path`` its file."""
+
+    path: Path
+    data: dict
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def geometry(self) -> Geometry:
+        net = self.data["network"]
+        crop = self.data["dataset"]["crop"]
+        return Geometry(crop, net["kernel_size"], net["stride"], net["n_filters"], net["architecture"])
+
+    def model_files(self) -> dict:
+        """The five model files with the protocol's parameter overrides applied."""
+        base = self.path.parent
+        return {
+            role: _load_role_model(role, ref, base, self.data["parameters"][role], self.path)
+            for role, ref in self.data["models"].items()
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False)
+
+
+_MODEL_KIND = {"input": "input", "neuron": "neuron", "xy": "synapse", "normalisation": "normalisation", "yy": "synapse"}
+
+
+def _load_role_model(role, ref, base: Path, overrides, path):
+    where = f"{path}: models.{role}"
+    candidate = Path(ref)
+    if candidate.suffix in (".yaml", ".yml") and not candidate.is_absolute() and (base / candidate).exists():
+        candidate = base / candidate
+    model = load_model(candidate, _MODEL_KIND[role], where)
+    return model.with_parameters(overrides, f"{path}: parameters.{role}")
+
+
+def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
+    """Apply ``dotted.key=value`` strings (values read as YAML; list items by index: ``phases.0.n=100``)."""
+    data = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ProtocolError(f"{where}: --set {item!r}: expected dotted.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ProtocolError(f"{where}: --set {key}: {'.'.join(parts[: depth + 1])} is not an index of the list")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ProtocolError(f"{where}: --set {key}: {'.'.join(parts[:depth])} is not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def _check_keys(mapping, allowed, where):
+    if not isinstance(mapping, dict):
+        raise ProtocolError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    for key in mapping:
+        if key not in allowed:
+            raise ProtocolError(f"{where}.{key}: unknown key (allowed: {', '.join(allowed)})")
+
+
+def _int(value, where, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ProtocolError(f"{where}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value, where):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _choice(value, choices, where):
+    if value not in choices:
+        raise ProtocolError(f"{where}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def _quantity(value, unit, where):
+    import brian2
+
+    try:
+        q = parse_quantity(value, where)
+    except ModelError as err:
+        raise ProtocolError(str(err)) from None
+    if brian2.get_dimensions(q) != brian2.get_dimensions(unit) or float(q / unit) <= 0:
+        raise ProtocolError(f"{where}: expected a positive quantity in units of {unit!r}, got {value!r}")
+    return q
+
+
+def validate(data: dict, path: Path) -> dict:
+    """Fill in defaults and check every value; returns the resolved mapping."""
+    w = str(path)
+    _check_keys(data, list(DEFAULTS), w)
+    out = {}
+    for section, default in DEFAULTS.items():
+        if isinstance(default, dict):
+            given = data.get(section) or {}
+            _check_keys(given, list(default), f"{w}: {section}")
+            merged = {}
+            for key, value in default.items():
+                sub = given.get(key, value)
+                if isinstance(value, dict):
+                    if not isinstance(sub, dict):
+                        raise ProtocolError(f"{w}: {section}.{key}: expected a mapping of parameter: value")
+                    sub = dict(sub)
+                merged[key] = copy.deepcopy(sub)
+            out[section] = merged
+        else:
+            out[section] = copy.deepcopy(data.get(section, default))
+    out["name"] = out["name"] or path.stem
+    if not isinstance(out["name"], str):
+        raise ProtocolError(f"{w}: name: expected a string")
+    if not isinstance(out["description"], str):
+        raise ProtocolError(f"{w}: description: expected a string")
+    _int(out["seed"], f"{w}: seed", 0)
+
+    ds = out["dataset"]
+    if not isinstance(ds["name"], str):
+        raise ProtocolError(f"{w}: dataset.name: expected a string")
+    if ds["path"] is not None and not isinstance(ds["path"], str):
+        raise ProtocolError(f"{w}: dataset.path: expected a folder path")
+    _int(ds["crop"], f"{w}: dataset.crop", 1)
+    if ds["crop"] > 28 and ds["path"] is None:
+        raise ProtocolError(f"{w}: dataset.crop: {ds['crop']} is larger than the 28 x 28 MNIST images")
+    _quantity(ds["intensity"], __import__("brian2").Hz, f"{w}: dataset.intensity")
+
+    net = out["network"]
+    _choice(net["architecture"], ARCHITECTURES, f"{w}: network.architecture")
+    for key in ("n_filters", "kernel_size", "stride"):
+        _int(net[key], f"{w}: network.{key}", 1)
+    if _number(net["mean_weight"], f"{w}: network.mean_weight") <= 0:
+        raise ProtocolError(f"{w}: network.mean_weight: must be > 0, got {net['mean_weight']}")
+    _number(net["c_w"], f"{w}: network.c_w")
+    try:
+        Geometry(ds["crop"], net["kernel_size"], net["stride"], net["n_filters"], net["architecture"])
+    except GeometryError as err:
+        raise ProtocolError(f"{w}: network: {err}") from None
+
+    for role, ref in out["models"].items():
+        if not isinstance(ref, str):
+            raise ProtocolError(f"{w}: models.{role}: expected a model file name or path")
+
+    sim = out["simulation"]
+    _choice(sim["device"], ("cpp_standalone", "runtime", "cuda_standalone"), f"{w}: simulation.device")
+    import brian2
+
+    T = _quantity(sim["time_per_sample"], brian2.ms, f"{w}: simulation.time_per_sample")
+    dt = _quantity(sim["dt"], brian2.ms, f"{w}: simulation.dt")
+    if abs(float(T / dt) - round(float(T / dt))) > 1e-9:
+        raise ProtocolError(f"{w}: simulation.time_per_sample: {sim['time_per_sample']} is not a whole number of dt")
+    _int(sim["samples_per_chunk"], f"{w}: simulation.samples_per_chunk", 1)
+    _choice(sim["float"], ("float64", "float32"), f"{w}: simulation.float")
+    _int(sim["threads"], f"{w}: simulation.threads", 0)
+
+    ro = out["readout"]
+    _choice(ro["linear"], ("logistic", "sgd", None), f"{w}: readout.linear")
+    if not isinstance(ro["top_n"], list):
+        raise ProtocolError(f"{w}: readout.top_n: expected a list of integers 1..10")
+    for k, n in enumerate(ro["top_n"]):
+        if _int(n, f"{w}: readout.top_n[{k}]", 1) > 10:
+            raise ProtocolError(f"{w}: readout.top_n[{k}]: must be <= 10, got {n}")
+
+    phases = out["phases"]
+    if not isinstance(phases, list) or not phases:
+        raise ProtocolError(f"{w}: phases: expected a non-empty list of phases")
+    resolved, names, calibrated = [], set(), False
+    for k, phase in enumerate(phases):
+        pw = f"{w}: phases[{k}]"
+        _check_keys(phase, list(PHASE_KEYS), pw)
+        kind = _choice(phase.get("type"), PHASE_TYPES, f"{pw}.type")
+        n = _int(phase.get("n"), f"{pw}.n", 1)
+        name = phase.get("name") or (kind if kind not in names else f"{kind}_{k}")
+        if not isinstance(name, str) or name in names:
+            raise ProtocolError(f"{pw}.name: {name!r} is not a unique phase name")
+        names.add(name)
+        sampling = _choice(phase.get("sampling") or DEFAULT_SAMPLING[kind], SAMPLINGS, f"{pw}.sampling")
+        if kind == "calibrate":
+            calibrated = True
+        if kind == "test" and not calibrated:
+            raise ProtocolError(f"{pw}: a test phase needs a calibrate phase before it")
+        resolved.append({"type": kind, "name": name, "n": n, "sampling": sampling})
+    out["phases"] = resolved
+    return out
+
+
+def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protocol:
+    """Read, override and check a protocol file; raises `ProtocolError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProtocolError(f"{path}: protocol file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ProtocolError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{path}: a protocol must be a mapping of sections")
+    raw = apply_overrides(raw, list(overrides), str(path))
+    protocol = Protocol(path=path.resolve(), data=validate(raw, path))
+    try:
+        protocol.model_files()  # every model file exists, parses, and takes the overrides
+    except ModelError as err:
+        raise ProtocolError(str(err)) from None
+    return protocol

@@ -1,0 +1,84 @@
+"""The run directory: every file of a run, written atomically, without pickle.
+
+Layout of ``<results>/<run id>/``::
+
+    protocol.yaml        the resolved protocol (defaults and --set overrides filled in)
+    run.json             id, status, seed, versions, device, sizes, per-phase timings
+    scores.json          {test phase: {method: {"accuracy", "error", "n", "no_spike"}}}
+    state.npz            the final learned state: XY weights with their (pre, post) indices, YY, theta
+    states/<phase>.npz   the state after each phase
+    counts/<phase>.npz   per-sample Y spike counts of evaluation phases, with labels and image indices
+    readout/votes.npz, readout/linear.npz   the calibrated readouts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["default_results_root", "new_run_dir", "write_json", "write_npz", "write_text", "read_json"]
+
+
+def default_results_root() -> Path:
+    """``$BRIAN_LCSNN_RESULTS`` if set, else ``results/`` in the current directory."""
+    return Path(os.environ.get("BRIAN_LCSNN_RESULTS", "results"))
+
+
+def new_run_dir(root: Path, name: str) -> Path:
+    """Create a fresh, uniquely named run directory ``<date>-<time>-<name>-<random>``."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    while True:
+        path = root / f"{stamp}-{safe}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic(Path(path), lambda h: h.write(text.encode()))
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def write_npz(path: Path, **arrays) -> None:
+    _atomic(Path(path), lambda h: np.savez_compressed(h, **arrays))
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

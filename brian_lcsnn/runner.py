@@ -1,0 +1,233 @@
+"""Run a protocol: data -> compiled network -> phases in chunks -> spike counts -> readout -> run directory."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import brian2 as b2
+import numpy as np
+
+from . import readout
+from .data import center_crop, load_dataset, pixel_rates
+from .network import NetworkSpec
+from .protocol import PHASE_SPLIT, Protocol
+from .results import new_run_dir, write_json, write_npz, write_text
+from .simulation import NetworkState, Simulator
+
+__all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+
+class Progress:
+    """Samples done, samples/s and ETA of a phase, on stderr (one refreshed line on a terminal)."""
+
+    def __init__(self, phase: str, total: int, enabled: bool = True, stream=sys.stderr):
+        self.phase, self.total, self.enabled, self.stream = phase, total, enabled, stream
+        self.start = time.perf_counter()
+        self.tty = getattr(stream, "isatty", lambda: False)()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        line = f"{self.phase}: {done}/{self.total} samples, {rate:.0f} samples/s, ETA {eta:.0f} s"
+        end = "\r" if self.tty and done < self.total else "\n"
+        print(line, end=end, file=self.stream, flush=True)
+
+
+def make_simulator(protocol: Protocol, device: str | None = None, build_root=None) -> Simulator:
+    """The simulator of a protocol's network structure."""
+    sim = protocol["simulation"]
+    models = protocol.model_files()
+    spec = NetworkSpec(
+        geometry=protocol.geometry,
+        input=models["input"],
+        neuron=models["neuron"],
+        xy=models["xy"],
+        normalisation=models["normalisation"],
+        yy=models["yy"],
+        samples_per_chunk=sim["samples_per_chunk"],
+        time_per_sample=_q(sim["time_per_sample"]),
+        dt=_q(sim["dt"]),
+    )
+    return Simulator(spec, device=device or sim["device"], build_root=build_root, float_dtype=sim["float"],
+                     threads=sim["threads"])  # fmt: skip
+
+
+def _q(text):
+    from .models import parse_quantity
+
+    return parse_quantity(text)
+
+
+def initial_state(protocol: Protocol, seed_seq: np.random.SeedSequence) -> NetworkState:
+    """XY weights uniform in [0, 1) (normalised before the first sample), YY = c_w, theta = 0."""
+    g = protocol.geometry
+    rng = np.random.default_rng(seed_seq)
+    return NetworkState(
+        xy_w=rng.random(g.n_xy),
+        yy_w=np.full(g.n_yy, float(protocol["network"]["c_w"])),
+        theta=np.zeros(g.n_neurons),
+    )
+
+
+def _sample_indices(sampling: str, n: int, pool: int, rng: np.random.Generator, where: str) -> np.ndarray:
+    if sampling == "with_replacement":
+        return rng.integers(0, pool, size=n)
+    if n > pool:
+        raise ValueError(f"{where}: {n} samples without replacement, but the split has only {pool}")
+    if sampling == "shuffled":
+        return rng.permutation(pool)[:n]
+    return np.arange(n)
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("brian-lcsnn", "brian2", "numpy", "scikit-learn", "pyyaml"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+@dataclass
+class PhaseOutcome:
+    counts: np.ndarray | None
+    labels: np.ndarray
+    indices: np.ndarray
+    wall_seconds: float
+    sim_seconds: float
+
+
+def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarray, state: NetworkState,
+               protocol: Protocol, seq: np.random.SeedSequence, progress: bool):  # fmt: skip
+    crop = protocol["dataset"]["crop"]
+    intensity = float(_q(protocol["dataset"]["intensity"]) / b2.Hz)
+    rng = np.random.default_rng(seq.spawn(1)[0])
+    indices = _sample_indices(phase["sampling"], phase["n"], len(images), rng, f"phase {phase['name']}")
+    training = phase["type"] == "train"
+    K = sim.spec.samples_per_chunk
+    counts = []
+    meter = Progress(phase["name"], phase["n"], progress)
+    start = time.perf_counter()
+    sim_seconds = 0.0
+    chunk_seeds = seq.spawn((len(indices) + K - 1) // K)
+    for c, lo in enumerate(range(0, len(indices), K)):
+        idx = indices[lo : lo + K]
+        rates = pixel_rates(center_crop(images[idx], crop), intensity)
+        result = sim.run_chunk(
+            rates,
+            np.full(len(idx), 1.0 if training else 0.0),
+            state,
+            seed=int(chunk_seeds[c].generate_state(1)[0] & 0x7FFFFFFF),
+            xy_plastic=training,
+            norm_target=protocol["network"]["mean_weight"] * protocol.geometry.kernel_size**2,
+        )
+        state = result.state
+        sim_seconds += result.seconds
+        if not training:
+            counts.append(result.counts)
+        meter.update(lo + len(idx))
+    wall = time.perf_counter() - start
+    outcome = PhaseOutcome(np.concatenate(counts) if counts else None, labels[indices], indices, wall, sim_seconds)
+    return state, outcome
+
+
+def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None = None, build_root=None,
+                 progress: bool = True) -> Path:  # fmt: skip
+    """Run every phase of ``protocol`` and write a run directory under ``results_root``; returns its path.
+
+    Everything that can fail on bad input (data, model equations, compilation) happens before the run
+    directory is created, so a failed start leaves nothing behind.
+    """
+    g = protocol.geometry
+    ds = protocol["dataset"]
+    dataset = load_dataset(ds["name"], ds["path"])
+    sim = make_simulator(protocol, device, build_root)
+    logger.info("preparing %s on %s", protocol.name, sim.device_name)
+    compile_seconds = sim.prepare()
+
+    root_seq = np.random.SeedSequence(protocol["seed"])
+    init_seq, *phase_seqs = root_seq.spawn(1 + len(protocol["phases"]))
+    state = initial_state(protocol, init_seq)
+
+    run_dir = new_run_dir(Path(results_root), protocol.name)
+    write_text(run_dir / "protocol.yaml", protocol.to_yaml())
+    info = {
+        "id": run_dir.name,
+        "name": protocol.name,
+        "protocol_file": str(protocol.path),
+        "status": "running",
+        "seed": protocol["seed"],
+        "device": sim.device_name,
+        "float": sim.float_dtype,
+        "threads": sim.threads,
+        "build": {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
+                  "prepare_seconds": round(compile_seconds, 3)},  # fmt: skip
+        "sizes": g.sizes(),
+        "dataset": {"name": dataset.name, "source": dataset.source},
+        "versions": _versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "phases": [],
+    }
+    write_json(run_dir / "run.json", info)
+    scores, votes, linear = {}, None, None
+    try:
+        for phase, seq in zip(protocol["phases"], phase_seqs, strict=True):
+            images, labels = dataset.split(PHASE_SPLIT[phase["type"]])
+            state, out = _run_phase(sim, phase, images, labels, state, protocol, seq, progress)
+            if phase["type"] == "train":
+                _write_state(run_dir / "states" / f"{phase['name']}.npz", sim, state)
+            record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
+                      "samples_per_second": round(phase["n"] / out.wall_seconds, 2)}  # fmt: skip
+            if out.counts is not None:
+                write_npz(run_dir / "counts" / f"{phase['name']}.npz", counts=out.counts, labels=out.labels,
+                          image_indices=out.indices)  # fmt: skip
+                shaped = out.counts.reshape(len(out.counts), g.n_filters, g.n_locations)
+                record["no_spike_samples"] = int((out.counts.sum(axis=1) == 0).sum())
+                record["mean_spikes_per_sample"] = round(float(out.counts.sum(axis=1).mean()), 2)
+            if phase["type"] == "calibrate":
+                t0 = time.perf_counter()
+                votes = readout.compute_votes(shaped, out.labels)
+                write_npz(run_dir / "readout" / "votes.npz", votes=votes)
+                if protocol["readout"]["linear"]:
+                    linear = readout.LinearReadout(protocol["readout"]["linear"], seed=protocol["seed"])
+                    linear.fit(shaped, out.labels)
+                    write_npz(run_dir / "readout" / "linear.npz", **linear.to_arrays())
+                record["readout_seconds"] = round(time.perf_counter() - t0, 3)
+            if phase["type"] == "test":
+                scores[phase["name"]] = readout.evaluate(shaped, out.labels, votes, linear,
+                                                         top_n=tuple(protocol["readout"]["top_n"]))  # fmt: skip
+                write_json(run_dir / "scores.json", scores)
+            info["phases"].append(record)
+            write_json(run_dir / "run.json", info)
+        _write_state(run_dir / "state.npz", sim, state)
+        info["status"] = "finished"
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except Exception as err:
+        info["status"] = "failed"
+        info["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(run_dir / "run.json", info)
+    return run_dir
+
+
+def _write_state(path: Path, sim: Simulator, state: NetworkState) -> None:
+    idx = sim.synapse_indices()
+    write_npz(path, xy_w=state.xy_w, xy_i=idx["XY"][0], xy_j=idx["XY"][1], yy_w=state.yy_w, yy_i=idx["YY"][0],
+              yy_j=idx["YY"][1], theta=state.theta)  # fmt: skip
+

@@ -1,0 +1,260 @@
+"""Compiled, chunked simulation: one build per network structure, many runs of a chunk of samples.
+
+C++ standalone (the default) compiles the network once into a cached build directory and then runs the
+binary once per chunk of samples, passing the chunk's stimulus, the learning schedule, the weights, the
+thresholds and a seed as ``run_args``: no Python in the per-sample or per-step loop, and an unchanged
+structure never recompiles. ``runtime`` (numpy code generation) rebuilds the network per chunk and is
+meant for debugging small runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import brian2 as b2
+import numpy as np
+
+from .network import BuiltNetwork, NetworkSpec, build_network
+
+__all__ = ["DEVICES", "NetworkState", "ChunkResult", "Simulator", "default_build_root", "spike_counts"]
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("cpp_standalone", "runtime", "cuda_standalone")
+
+
+def default_build_root() -> Path:
+    """Where compiled builds are cached: ``$BRIAN_LCSNN_BUILD`` or ``~/.cache/brian_lcsnn/builds``."""
+    root = os.environ.get("BRIAN_LCSNN_BUILD")
+    return Path(root) if root else Path.home() / ".cache" / "brian_lcsnn" / "builds"
+
+
+@dataclass
+class NetworkState:
+    """The learned state: XY and YY weights (synapse order of the build) and Y's thresholds (volt)."""
+
+    xy_w: np.ndarray
+    yy_w: np.ndarray
+    theta: np.ndarray
+
+    def copy(self) -> NetworkState:
+        return NetworkState(self.xy_w.copy(), self.yy_w.copy(), self.theta.copy())
+
+
+@dataclass
+class ChunkResult:
+    counts: np.ndarray  # (n_samples, n_neurons) spike counts of Y
+    state: NetworkState
+    seconds: float  # wall time of the run, process start and I/O included
+
+
+def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sample: int, dt) -> np.ndarray:
+    """Bin a chunk's spikes into per-sample counts (uint16, shape (n_samples, n_neurons))."""
+    # t / dt is 1999.9999 for step 2000: round, never truncate
+    steps = np.rint(np.asarray(times) / float(dt)).astype(np.int64)
+    sample = steps // steps_per_sample
+    keep = sample < n_samples
+    flat = sample[keep] * n_neurons + np.asarray(indices, dtype=np.int64)[keep]
+    counts = np.bincount(flat, minlength=n_samples * n_neurons)
+    return counts.reshape(n_samples, n_neurons).astype(np.uint16)
+
+
+def _structure_key(spec: NetworkSpec, device: str, float_dtype: str, threads: int) -> str:
+    """A hash of everything that changes the generated code."""
+    models = {
+        role: {"text": getattr(spec, role).path.read_text(), "params": repr(sorted(getattr(spec, role).parameters.items()))}
+        for role in ("input", "neuron", "xy", "normalisation", "yy")
+    }
+    key = {
+        "geometry": repr(spec.geometry),
+        "models": models,
+        "chunk": spec.samples_per_chunk,
+        "T": repr(spec.time_per_sample),
+        "dt": repr(spec.dt),
+        "device": device,
+        "float": float_dtype,
+        "threads": threads,
+        "brian2": b2.__version__,
+        "numpy": np.__version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Simulator:
+    """Runs chunks of samples through one network structure.
+
+    Parameters
+    ----------
+    spec : NetworkSpec
+        The structure.
+    device : str
+        ``"cpp_standalone"`` (default), ``"runtime"`` or ``"cuda_standalone"``.
+    build_root : Path, optional
+        Cache of compiled builds (default: `default_build_root`).
+    float_dtype : str
+        ``"float64"`` or ``"float32"`` for all floating-point state.
+    threads : int
+        OpenMP threads of the C++ build (0 or 1: one thread, the fastest here for these sizes).
+    """
+
+    def __init__(self, spec: NetworkSpec, device: str = "cpp_standalone", build_root: Path | None = None,
+                 float_dtype: str = "float64", threads: int = 1):  # fmt: skip
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        self.spec = spec
+        self.device_name = device
+        self.float_dtype = float_dtype
+        self.threads = threads
+        self.build_root = Path(build_root) if build_root else default_build_root()
+        self.key = _structure_key(spec, device, float_dtype, threads)
+        self.build_dir = self.build_root / self.key
+        self.built: BuiltNetwork | None = None
+        self.compile_seconds = 0.0
+        self.compiled_now = False
+        self._indices = None
+
+    # -- preparation -------------------------------------------------------------------------------------
+    def _set_prefs(self):
+        b2.prefs.core.default_float_dtype = getattr(np, self.float_dtype)
+        b2.defaultclock.dt = self.spec.dt
+
+    def prepare(self) -> float:
+        """Build (or reuse) the compiled network; returns the seconds it took."""
+        start = time.perf_counter()
+        if self.device_name == "runtime":
+            b2.set_device("runtime")
+            b2.prefs.codegen.target = "numpy"
+            self._set_prefs()
+        else:
+            self._prepare_standalone()
+        self.compile_seconds = time.perf_counter() - start
+        return self.compile_seconds
+
+    def _prepare_standalone(self):
+        if self.device_name == "cuda_standalone":
+            from . import cuda  # noqa: F401  (registers the device and applies the CUDA fixes)
+        b2.device.reinit()
+        b2.device.activate()
+        b2.set_device(self.device_name, build_on_run=False)
+        self._set_prefs()
+        b2.prefs.devices.cpp_standalone.openmp_threads = 0 if self.threads <= 1 else self.threads
+        b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
+        built = build_network(self.spec)
+        # run_args are applied here, after all objects and their initial values exist
+        b2.device.apply_run_args()
+        seed_array = b2.device.get_array_name(built.rng.variables["seed"])
+        b2.device.insert_code(
+            "main",
+            "for (size_t _k = 0; _k < brian::_random_generators.size(); _k++)\n"
+            f"    brian::_random_generators[_k].seed((unsigned long)brian::{seed_array}[0] + _k);",
+        )
+        built.network.run(self.spec.duration)
+        with _locked(self.build_root / f"{self.key}.lock"):
+            binary = self.build_dir / "main"
+            self.compiled_now = not binary.exists()
+            b2.device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
+            (self.build_dir / "lcsnn_build.json").write_text(json.dumps({"key": self.key, "brian2": b2.__version__}))
+        self.built = built
+
+    # -- running -----------------------------------------------------------------------------------------
+    def _padded_inputs(self, rates: np.ndarray, learning: np.ndarray):
+        K = self.spec.samples_per_chunk
+        n = len(rates)
+        if n > K:
+            raise ValueError(f"a chunk holds at most {K} samples, got {n}")
+        stim = np.zeros((K + 1, self.spec.geometry.n_inputs))
+        stim[:n] = rates
+        schedule = np.zeros(K + 1)
+        schedule[:n] = learning
+        return stim, schedule
+
+    def run_chunk(self, rates: np.ndarray, learning: np.ndarray, state: NetworkState, *, seed: int,
+                  xy_plastic: bool, norm_target: float) -> ChunkResult:  # fmt: skip
+        """Present ``len(rates)`` samples (rates in Hz, (n, n_inputs)) and return counts and new state.
+
+        ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on).
+        """
+        if self.device_name == "runtime":
+            return self._run_runtime(rates, learning, state, seed, xy_plastic, norm_target)
+        if self.built is None:
+            self.prepare()
+        b = self.built
+        stim, schedule = self._padded_inputs(rates, learning)
+        run_args = {
+            b.stimulus: stim * b2.Hz,
+            b.learning_schedule: schedule,
+            b.XY.w: state.xy_w,
+            b.YY.w: state.yy_w,
+            b.Y.theta: state.theta * b2.volt,
+            b.XY.plastic: float(xy_plastic),
+            b.XY.norm_target: float(norm_target),
+            b.rng.seed: int(seed),
+        }
+        results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        start = time.perf_counter()
+        try:
+            b2.device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
+                          run_args=run_args)  # fmt: skip
+            new_state = NetworkState(
+                np.array(b.XY.w[:], dtype=np.float64),
+                np.array(b.YY.w[:], dtype=np.float64),
+                np.array(b.Y.theta_[:], dtype=np.float64),
+            )
+            counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
+                                  self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
+            if self._indices is None:
+                self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
+        finally:
+            shutil.rmtree(self.build_dir / results, ignore_errors=True)
+            for name in b2.device.run_args_arrays:
+                for path in (self.build_dir / "static_arrays" / name, self.build_dir / "static_arrays" / f"{name}.lock"):
+                    path.unlink(missing_ok=True)
+        return ChunkResult(counts, new_state, time.perf_counter() - start)
+
+    def _run_runtime(self, rates, learning, state, seed, xy_plastic, norm_target) -> ChunkResult:
+        stim, schedule = self._padded_inputs(rates, learning)
+        b2.start_scope()
+        b = build_network(self.spec)
+        b.stimulus.values[:] = stim
+        b.learning_schedule.values[:] = schedule
+        b.XY.w[:] = state.xy_w
+        b.YY.w[:] = state.yy_w
+        b.Y.theta[:] = state.theta * b2.volt
+        b.XY.plastic = float(xy_plastic)
+        b.XY.norm_target = float(norm_target)
+        b2.seed(int(seed))
+        start = time.perf_counter()
+        b.network.run(self.spec.duration, namespace={})
+        self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
+        new_state = NetworkState(np.array(b.XY.w[:], dtype=np.float64), np.array(b.YY.w[:], dtype=np.float64),
+                                 np.array(b.Y.theta_[:], dtype=np.float64))  # fmt: skip
+        counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
+                              self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
+        return ChunkResult(counts, new_state, time.perf_counter() - start)
+
+    def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""
+        if self._indices is None:
+            raise RuntimeError("synapse indices are known after the first run")
+        return self._indices

@@ -1,0 +1,136 @@
+"""Network geometry as pure functions: locations, index conditions for ``Synapses.connect``, sizes.
+
+No Brian2 objects here, so that geometry is unit-tested in milliseconds. Conventions (as the thesis):
+input neuron ``i = row * crop + col``; Y neuron ``j = f * n_locations + loc`` with
+``loc = loc_row * side + loc_col`` (channel-major), so ``j % n_locations`` is the location.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ARCHITECTURES", "GeometryError", "Geometry", "local_pairs", "competition_pairs"]
+
+#: LC: locally connected (own weights at every location).
+ARCHITECTURES = ("LC",)
+
+
+class GeometryError(ValueError):
+    """An impossible geometry (kernel larger than the crop, zero stride, ...)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of the X -> Y projection of a locally connected network.
+
+    Parameters
+    ----------
+    crop : int
+        Side of the (square) input crop; ``crop**2`` input neurons.
+    kernel_size : int
+        Side of each Y neuron's receptive field.
+    stride : int
+        Step between neighbouring receptive fields.
+    n_filters : int
+        Channels per location.
+    architecture : str
+        ``"LC"``.
+    """
+
+    crop: int
+    kernel_size: int
+    stride: int
+    n_filters: int
+    architecture: str = "LC"
+
+    def __post_init__(self):
+        for name in ("crop", "kernel_size", "stride", "n_filters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise GeometryError(f"{name} must be a positive integer, got {value!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise GeometryError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.kernel_size > self.crop:
+            raise GeometryError(f"kernel_size {self.kernel_size} is larger than the crop {self.crop}")
+
+    @property
+    def side(self) -> int:
+        """Locations per row: ``(crop - kernel_size) // stride + 1`` (the thesis's conv_size)."""
+        return (self.crop - self.kernel_size) // self.stride + 1
+
+    @property
+    def n_locations(self) -> int:
+        return self.side**2
+
+    @property
+    def n_inputs(self) -> int:
+        return self.crop**2
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_filters * self.n_locations
+
+    @property
+    def n_xy(self) -> int:
+        """XY synapses: every Y neuron sees kernel_size**2 inputs."""
+        return self.n_neurons * self.kernel_size**2
+
+    @property
+    def n_yy(self) -> int:
+        """YY competition synapses: ordered pairs of different channels at the same location."""
+        return self.n_locations * self.n_filters * (self.n_filters - 1)
+
+    @property
+    def n_xy_parameters(self) -> int:
+        """Learnable XY weights (LC: one per synapse)."""
+        return self.n_xy
+
+    def sizes(self) -> dict[str, int]:
+        """The size report: neurons, synapses and learnable parameters."""
+        return {
+            "x_neurons": self.n_inputs,
+            "y_neurons": self.n_neurons,
+            "locations": self.n_locations,
+            "xy_synapses": self.n_xy,
+            "xy_parameters": self.n_xy_parameters,
+            "yy_synapses": self.n_yy,
+            "total_parameters": self.n_xy_parameters + self.n_yy,
+        }
+
+    def xy_condition(self) -> str:
+        """The receptive-field test as an index condition for ``Synapses(X, Y).connect(condition=...)``."""
+        c, s, k, n, L = self.crop, self.stride, self.kernel_size, self.side, self.n_locations
+        row_start = f"((j % {L}) // {n}) * {s}"
+        col_start = f"((j % {L}) % {n}) * {s}"
+        return (
+            f"(i // {c}) >= {row_start} and (i // {c}) < {row_start} + {k} and "
+            f"(i % {c}) >= {col_start} and (i % {c}) < {col_start} + {k}"
+        )
+
+    def yy_condition(self) -> str:
+        """Competition: different channels at the same location."""
+        return f"i % {self.n_locations} == j % {self.n_locations} and i != j"
+
+
+def local_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """All XY (pre, post) index pairs, pre-major as ``connect(condition=...)`` creates them."""
+    n, s, k, c = geometry.side, geometry.stride, geometry.kernel_size, geometry.crop
+    post = np.arange(geometry.n_neurons)
+    loc = post % geometry.n_locations
+    row0, col0 = (loc // n) * s, (loc % n) * s
+    pre = np.arange(geometry.n_inputs)
+    r, q = pre[:, None] // c, pre[:, None] % c
+    inside = (r >= row0) & (r < row0 + k) & (q >= col0) & (q < col0 + k)
+    i, j = np.nonzero(inside)
+    return i.astype(np.int32), j.astype(np.int32)
+
+
+def competition_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """All YY (pre, post) index pairs, pre-major."""
+    L = geometry.n_locations
+    idx = np.arange(geometry.n_neurons)
+    same = (idx[:, None] % L == idx[None, :] % L) & (idx[:, None] != idx[None, :])
+    i, j = np.nonzero(same)
+    return i.astype(np.int32), j.astype(np.int32)

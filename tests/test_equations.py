@@ -1,0 +1,105 @@
+"""The neuron and plasticity equations against hand-computed values and against a numpy statement of the thesis."""
+
+import numpy as np
+import pytest
+
+import brian2 as b2
+from brian_lcsnn.models import load_model
+from brian_lcsnn.network import NetworkSpec
+from brian_lcsnn.simulation import NetworkState, Simulator
+from brian_lcsnn.topology import Geometry
+
+from .conftest import FIXTURES
+from .thesis_reference import simulate
+
+E = np.exp
+
+
+def _spec(geometry, *, samples_per_chunk, steps, neuron=None, xy=None, normalisation="normalise_incoming"):
+    return NetworkSpec(
+        geometry=geometry,
+        input=load_model("input_regular"),
+        neuron=load_model("adaptive_lif").with_parameters(neuron or {}, "test"),
+        xy=load_model("stdp_postpre").with_parameters(xy or {}, "test"),
+        normalisation=load_model(normalisation),
+        yy=load_model("competition_fixed"),
+        samples_per_chunk=samples_per_chunk,
+        time_per_sample=steps * b2.ms,
+    )
+
+
+@pytest.fixture(params=["cpp_standalone", pytest.param("runtime", marks=pytest.mark.runtime)])
+def device(request):
+    if request.param == "cpp_standalone":
+        request.applymarker(pytest.mark.standalone)
+    return request.param
+
+
+def test_hand_computed_neuron_and_stdp(device, build_root):
+    """One Y neuron, two active inputs, 20 steps; every number below is worked out by hand.
+
+    Pixel 0 fires every 4 steps (250 Hz: steps 3, 7, 11, 15, 19), weight 7; pixel 1 fires at step 12
+    (1000/13 Hz), weight 14. Input arrives one step later, after the leak (decay d = e^(-1/20) per step):
+      step 4: v = -58; step 8: v = -65 + 7 d^4 + 7 = -52.27 (below -52); step 12: v = -65 + 7 d^8 + 7 d^4 + 7
+      = -47.58 -> spike at step 12, reset to -65, theta = 0.05 mV.
+      Pixel 1's 14 mV arrive at step 13, during refractoriness (2 steps): dropped (else v = -51: a spike).
+      Step 16: v = -58. One spike in all.
+    STDP (nu_pot 1e-2 on Y spikes with X's trace, nu_dep 1e-4 on X spikes with Y's trace, tau 20 ms):
+      w0 = 7 + 1e-2 e^(-1/20) - 1e-4 (e^(-3/20) + e^(-7/20))   (Y spike 1 step after pixel 0's; pixel 0 at 15, 19)
+      w1 = 14 + 1e-2 - 1e-4                                     (same-step pre and post: both terms, one clamp)
+    """
+    geometry = Geometry(crop=2, kernel_size=2, stride=1, n_filters=1)
+    spec = _spec(geometry, samples_per_chunk=2, steps=20, xy={"wmax": 100},
+                 normalisation=str(FIXTURES / "models" / "no_normalisation.yaml"))  # fmt: skip
+    sim = Simulator(spec, device=device, build_root=build_root)
+    sim.prepare()
+    rates = np.array([[250.0, 1000 / 13, 0, 0]] * 2)
+    state = NetworkState(np.array([7.0, 14.0, 0.0, 0.0]), np.zeros(0), np.zeros(1))
+    learned = sim.run_chunk(rates[:1], np.ones(1), state, seed=1, xy_plastic=True, norm_target=1.0)
+
+    assert learned.counts.tolist() == [[1]]
+    w0 = 7 + 1e-2 * E(-1 / 20) - 1e-4 * (E(-3 / 20) + E(-7 / 20))
+    np.testing.assert_allclose(learned.state.xy_w, [w0, 14 + 1e-2 - 1e-4, 0, 0], rtol=0, atol=1e-12)
+    # theta: +0.05 mV at step 12, then decays with tau 1e6 ms for the 7 remaining steps of the sample
+    np.testing.assert_allclose(learned.state.theta, [0.05e-3 * E(-7 / 1e6)], rtol=1e-12)
+
+    # the same two samples with learning off: same spike, nothing changes, theta frozen
+    frozen = sim.run_chunk(rates, np.zeros(2), learned.state, seed=1, xy_plastic=True, norm_target=1.0)
+    assert frozen.counts.tolist() == [[1], [1]]
+    np.testing.assert_array_equal(frozen.state.xy_w, learned.state.xy_w)
+    np.testing.assert_array_equal(frozen.state.theta, learned.state.theta)
+
+
+def test_matches_numpy_statement_of_the_thesis(build_root):
+    """A small LC network with competition, normalisation and learning across two chunks, then evaluation."""
+    geometry = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3)
+    steps = 60
+    spec = _spec(geometry, samples_per_chunk=3, steps=steps)
+    sim = Simulator(spec, build_root=build_root)
+    sim.prepare()
+    rng = np.random.default_rng(7)
+    rates = rng.integers(0, 256, size=(9, geometry.n_inputs)) / 255 * 127.5
+    learning = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=float)
+    norm_target = 1.6 * geometry.kernel_size**2
+    state = NetworkState(rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons))
+
+    counts = []
+    for lo in range(0, 9, 3):
+        out = sim.run_chunk(rates[lo : lo + 3], learning[lo : lo + 3], state, seed=1, xy_plastic=True,
+                            norm_target=norm_target)  # fmt: skip
+        counts.append(out.counts)
+        state = out.state
+    counts = np.concatenate(counts)
+
+    ref_counts, ref_w, ref_theta = simulate(geometry, rates, learning, *_initial(geometry, rng_seed=7),
+                                            norm_target=norm_target, steps=steps)  # fmt: skip
+    assert counts.sum() > 50, "the test network must spike"
+    np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_allclose(state.xy_w, ref_w, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(state.theta * 1e3, ref_theta, rtol=1e-9, atol=1e-12)
+
+
+def _initial(geometry, rng_seed):
+    rng = np.random.default_rng(rng_seed)
+    rng.integers(0, 256, size=(9, geometry.n_inputs))
+    return rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons)
