@@ -189,8 +189,9 @@ def _check_brian2cuda() -> Check:
 
 
 def _check_mnist() -> Check:
-    env = os.environ.get("BRIAN_LCSNN_DATA")
-    path = (Path(env).expanduser() if env else Path.home() / ".cache" / "brian_lcsnn") / "mnist.npz"
+    from .data import default_cache_dir
+
+    path = default_cache_dir() / "mnist.npz"
     if path.is_file():
         return Check("MNIST cache", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)",
                      required=False)

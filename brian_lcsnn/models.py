@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ModelError", "ModelFile", "MODEL_KINDS", "load_model", "parse_quantity", "models_dir"]
+__all__ = ["ModelError", "ModelFile", "MODEL_KINDS", "load_model", "parse_quantity", "models_dir", "read_yaml"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,26 @@ def parse_quantity(value, where: str = "value"):
     unit = unit.strip().replace("^", "**")
     try:
         unit_value = eval(unit, {"__builtins__": {}}, vars(brian2.units))  # names restricted to Brian2's units
+        if not isinstance(unit_value, brian2.Quantity):
+            raise TypeError(unit)
+        return number * unit_value
     except Exception:
         raise ModelError(f"{where}: unknown unit {unit!r} in {value!r}") from None
-    return number * unit_value
+
+
+def read_yaml(path: Path, error: type[Exception]):
+    """Parse a YAML file; any problem becomes one line of ``error`` naming the file (and the line)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise error(f"{path}{line}: not valid YAML ({problem})") from None
 
 
 @dataclass(frozen=True)
@@ -121,12 +138,7 @@ def load_model(path: str | Path, expected_kind: str | None = None, where: str | 
     where = where or str(path)
     if not path.is_file():
         raise ModelError(f"{where}: model file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ModelError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    data = read_yaml(path, ModelError)
     if not isinstance(data, dict):
         raise ModelError(f"{path}: a model file must be a mapping of sections")
     kind = data.get("kind")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .models import ModelError, load_model, parse_quantity
+from .models import ModelError, load_model, parse_quantity, read_yaml
 from .topology import ARCHITECTURES, Geometry, GeometryError
 
 __all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "PHASE_TYPES", "DEFAULTS"]
@@ -133,12 +134,12 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
     return data
 
 
-def _check_keys(mapping, allowed, where):
+def _check_keys(mapping, allowed, file, prefix=""):
     if not isinstance(mapping, dict):
-        raise ProtocolError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+        raise ProtocolError(f"{file}: {prefix.rstrip('.') or 'protocol'}: expected a mapping, got {type(mapping).__name__}")
     for key in mapping:
         if key not in allowed:
-            raise ProtocolError(f"{where}.{key}: unknown key (allowed: {', '.join(allowed)})")
+            raise ProtocolError(f"{file}: {prefix}{key}: unknown key (allowed: {', '.join(allowed)})")
 
 
 def _int(value, where, minimum=None):
@@ -152,6 +153,8 @@ def _int(value, where, minimum=None):
 def _number(value, where):
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ProtocolError(f"{where}: expected a finite number, got {value!r}")
     return float(value)
 
 
@@ -180,8 +183,9 @@ def validate(data: dict, path: Path) -> dict:
     out = {}
     for section, default in DEFAULTS.items():
         if isinstance(default, dict):
-            given = data.get(section) or {}
-            _check_keys(given, list(default), f"{w}: {section}")
+            given = data.get(section)
+            given = {} if given is None else given
+            _check_keys(given, list(default), w, f"{section}.")
             merged = {}
             for key, value in default.items():
                 sub = given.get(key, value)
@@ -250,12 +254,15 @@ def validate(data: dict, path: Path) -> dict:
     if not isinstance(phases, list) or not phases:
         raise ProtocolError(f"{w}: phases: expected a non-empty list of phases")
     resolved, names, calibrated = [], set(), False
+    explicit = {p.get("name") for p in phases if isinstance(p, dict) and p.get("name")}
     for k, phase in enumerate(phases):
         pw = f"{w}: phases[{k}]"
-        _check_keys(phase, list(PHASE_KEYS), pw)
+        _check_keys(phase, list(PHASE_KEYS), w, f"phases[{k}].")
         kind = _choice(phase.get("type"), PHASE_TYPES, f"{pw}.type")
         n = _int(phase.get("n"), f"{pw}.n", 1)
-        name = phase.get("name") or (kind if kind not in names else f"{kind}_{k}")
+        name = phase.get("name") or next(
+            c for c in (kind, *(f"{kind}_{m}" for m in range(k, k + len(phases) + 1))) if c not in names | explicit
+        )
         if not isinstance(name, str) or name in names:
             raise ProtocolError(f"{pw}.name: {name!r} is not a unique phase name")
         names.add(name)
@@ -274,12 +281,7 @@ def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protoc
     path = Path(path)
     if not path.is_file():
         raise ProtocolError(f"{path}: protocol file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ProtocolError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw = read_yaml(path, ProtocolError)
     if not isinstance(raw, dict):
         raise ProtocolError(f"{path}: a protocol must be a mapping of sections")
     raw = apply_overrides(raw, list(overrides), str(path))

@@ -12,8 +12,15 @@ import logging
 import numpy as np
 
 __all__ = [
-    "VOTING_METHODS", "compute_votes", "top_n_votes", "voting_scores", "predict", "accuracy",
-    "LinearReadout", "evaluate", "best_voting",
+    "VOTING_METHODS",
+    "compute_votes",
+    "top_n_votes",
+    "voting_scores",
+    "predict",
+    "accuracy",
+    "LinearReadout",
+    "evaluate",
+    "best_voting",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,7 +154,7 @@ def _scores_many(counts, jobs, batch_size=None):
             # group is the max over its spiking neurons, raised to 0 if some filter of it is silent.
             key = bi * l_n + nid % l_n
             silent = np.bincount(key, minlength=b_n * l_n) < f_n
-        for (_, method), vt, scores in zip(jobs, flat_votes, out):
+        for (_, method), vt, scores in zip(jobs, flat_votes, out, strict=True):
             if method == "spikes_first":
                 scores[sl] = np.einsum("bl,cbl->bc", sstar, vt[:, fstar])
                 continue
@@ -268,9 +275,7 @@ class LinearReadout:
             for sl in _batches(*x.shape):  # CSR built batch by batch: no dense float copy
                 v, b, i = _spikes(x[sl, :, None])
                 rows.append(b + sl.start), cols.append(i), vals.append(v)
-            x = sparse.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=x.shape
-            )
+            x = sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=x.shape)
             clf = LogisticRegression(C=self.C, solver="lbfgs", max_iter=1000)
         else:
             from sklearn.linear_model import SGDClassifier
@@ -310,14 +315,21 @@ class LinearReadout:
         """Plain arrays (no pickle, e.g. for ``np.savez``) from which :meth:`from_arrays` rebuilds the readout."""
         if self.coef is None:
             raise RuntimeError("LinearReadout is not fitted")
-        return {"kind": np.array(self.kind), "seed": np.array(self.seed), "C": np.array(self.C),
-                "coef": self.coef, "intercept": self.intercept, "classes": self.classes}
+        return {
+            "kind": np.array(self.kind),
+            "seed": np.array(self.seed),
+            "C": np.array(self.C),
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "classes": self.classes,
+        }
 
     @classmethod
     def from_arrays(cls, arrays):
         """Rebuild a fitted readout from the output of :meth:`to_arrays` (or an ``np.load`` of it)."""
-        obj = cls(kind=str(np.asarray(arrays["kind"])), seed=int(np.asarray(arrays["seed"])),
-                  C=float(np.asarray(arrays["C"])))
+        obj = cls(
+            kind=str(np.asarray(arrays["kind"])), seed=int(np.asarray(arrays["seed"])), C=float(np.asarray(arrays["C"]))
+        )
         obj.coef, obj.intercept, obj.classes = (np.array(arrays[k]) for k in ("coef", "intercept", "classes"))
         return obj
 
@@ -346,7 +358,7 @@ def evaluate(counts, labels, votes, linear=None, top_n=()):
     names = list(VOTING_METHODS) + [f"top_{n}" for n in top_n]
     jobs = [(votes, m) for m in VOTING_METHODS] + [(top_n_votes(votes, n), "patch_voting") for n in top_n]
     result = {}
-    for name, scores in zip(names, _scores_many(counts, jobs)):
+    for name, scores in zip(names, _scores_many(counts, jobs), strict=True):
         result[name] = accuracy(_predict(scores, silent), labels)
     if linear is not None:
         result["linear"] = accuracy(linear.predict(counts), labels)

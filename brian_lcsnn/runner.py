@@ -15,6 +15,7 @@ import numpy as np
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
+from .models import ModelError
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 class Progress:
     """Samples done, samples/s and ETA of a phase, on stderr (one refreshed line on a terminal)."""
 
-    def __init__(self, phase: str, total: int, enabled: bool = True, stream=sys.stderr):
-        self.phase, self.total, self.enabled, self.stream = phase, total, enabled, stream
+    def __init__(self, phase: str, total: int, enabled: bool = True, stream=None):
+        self.phase, self.total, self.enabled = phase, total, enabled
+        self.stream = stream or sys.stderr
         self.start = time.perf_counter()
         self.tty = getattr(stream, "isatty", lambda: False)()
 
@@ -61,6 +63,13 @@ def make_simulator(protocol: Protocol, device: str | None = None, build_root=Non
     )
     return Simulator(spec, device=device or sim["device"], build_root=build_root, float_dtype=sim["float"],
                      threads=sim["threads"])  # fmt: skip
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def _q(text):
@@ -155,7 +164,10 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     dataset = load_dataset(ds["name"], ds["path"])
     sim = make_simulator(protocol, device, build_root)
     logger.info("preparing %s on %s", protocol.name, sim.device_name)
-    compile_seconds = sim.prepare()
+    try:
+        compile_seconds = sim.prepare()
+    except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
+        raise ModelError(f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}") from err
 
     root_seq = np.random.SeedSequence(protocol["seed"])
     init_seq, *phase_seqs = root_seq.spawn(1 + len(protocol["phases"]))

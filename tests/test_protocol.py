@@ -15,6 +15,7 @@ import pytest
 import yaml
 from brian2 import Hz, get_dimensions, mV, ms
 
+from brian_lcsnn.models import parse_quantity
 from brian_lcsnn.protocol import (DEFAULTS, PHASE_TYPES, Protocol, ProtocolError, apply_overrides, load_protocol,
                                   validate)
 from brian_lcsnn.topology import Geometry
@@ -280,7 +281,8 @@ def test_protocol_values_are_checked_after_the_yaml(tmp_path):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"simulation": {"time_per_sample": "250 ms", "dt": "0.3 ms"}}, "simulation.time_per_sample: 250 ms is not a whole number of dt"),
+        ({"simulation": {"time_per_sample": "250 ms", "dt": "0.3 ms"}},
+         "simulation.time_per_sample: 250 ms is not a whole number of dt"),
         ({"simulation": {"time_per_sample": "-250 ms"}}, "simulation.time_per_sample: expected a positive quantity"),
         ({"simulation": {"threads": -1}}, "simulation.threads: must be >= 0, got -1"),
         ({"dataset": {"intensity": "0 Hz"}}, "dataset.intensity: expected a positive quantity in units of"),
@@ -292,7 +294,8 @@ def test_protocol_values_are_checked_after_the_yaml(tmp_path):
         ({"description": ["a"]}, "description: expected a string"),
         ({"network": {"mean_weight": "0.4"}}, "network.mean_weight: expected a number, got '0.4'"),
         ({"parameters": {"yy": {"w_psp": "1 ms"}}}, "parameters.yy.w_psp: '1 ms' has the wrong unit"),
-        ({"parameters": {"normalisation": {"gain": 2}}}, "parameters.normalisation.gain: normalise_incoming.yaml has no parameter"),
+        ({"parameters": {"normalisation": {"gain": 2}}},
+         "parameters.normalisation.gain: normalise_incoming.yaml has no parameter"),
     ],
 )
 def test_more_invalid_values(tmp_path, change, fragment):
@@ -304,7 +307,7 @@ def test_valid_edge_values(tmp_path):
                       "dataset": {"intensity": "0.1 kHz"}, "readout": {"top_n": [10, 1], "linear": None}}
     p = load_protocol(write(tmp_path, data))
     assert p["readout"]["top_n"] == [10, 1]
-    assert same_quantity(__import__("brian_lcsnn.models").models.parse_quantity(p["dataset"]["intensity"]), 100 * Hz)
+    assert same_quantity(parse_quantity(p["dataset"]["intensity"]), 100 * Hz)
 
 
 def test_error_in_a_model_file_is_a_protocol_error(tmp_path):
@@ -365,54 +368,38 @@ def test_full_explicit_fixture_keeps_every_value():
     assert same_quantity(files["yy"].parameters["w_psp"], 0.5 * mV)
 
 
-# ---------------------------------------------------------------- known bugs (strict xfail: they flip when fixed)
+# ---------------------------------------------------------------- regressions: bugs found by these tests, now fixed
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: validate() checks top-level keys with where=str(path), so the message "
-                                       "reads '<file>.yaml.foo: unknown key' instead of '<file>.yaml: foo: ...'")
 def test_unknown_top_level_key_message_separates_file_and_key(tmp_path):
     path = write(tmp_path, MINIMAL | {"foo": 1})
     assert f"{path}: foo: unknown key" in rejected(path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="bug: YAML ReaderError (control character) is reported with PyYAML's "
-                                       "two-line str(err), so the ProtocolError message is not one line")
 def test_control_character_gives_a_one_line_error(tmp_path):
     path = write(tmp_path, "phases:\n  - {type: train, n: 1}\nname: a\x01b\n")
     rejected(path)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="bug: load_protocol reads the file with read_text() outside any try, so a file that is "
-                          "not UTF-8 raises UnicodeDecodeError instead of ProtocolError")
 def test_non_utf8_file_is_a_protocol_error(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("description: caf\xe9\nphases:\n  - {type: train, n: 1}\n".encode("latin-1"))
     rejected(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: parse_quantity lets a TypeError escape for names in brian2.units that are not "
-                          "units (exp, Unit, ...); _quantity only converts ModelError")
 def test_non_unit_name_in_a_quantity_is_a_protocol_error(tmp_path):
     rejected(write(tmp_path, MINIMAL | {"dataset": {"intensity": "1 exp"}}))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="bug: validate() uses `data.get(section) or {}`, so a falsy non-mapping "
-                                       "section (0, [], '') is silently replaced by the defaults")
 @pytest.mark.parametrize("value", [0, [], ""])
 def test_falsy_section_is_rejected(tmp_path, value):
     assert "network: expected a mapping" in rejected(write(tmp_path, MINIMAL | {"network": value}))
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="bug: _number() accepts nan/inf, and `nan <= 0` is False, so "
-                                       "mean_weight: .nan passes validation")
 def test_nan_mean_weight_is_rejected(tmp_path):
     rejected(write(tmp_path, "network: {mean_weight: .nan}\nphases:\n  - {type: train, n: 1}\n"))
 
 
-@pytest.mark.xfail(strict=True, raises=ProtocolError, reason="bug: a default phase name (type_k) can collide with a name the user gave "
-                                       "another phase, and the error then blames the phase that has no name")
 def test_default_phase_name_avoids_explicit_names(tmp_path):
     phases = [{"type": "train", "n": 1}, {"type": "calibrate", "n": 1, "name": "train_2"}, {"type": "train", "n": 1}]
     p = load_protocol(write(tmp_path, {"phases": phases}))

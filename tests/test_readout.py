@@ -17,6 +17,9 @@ from brian_lcsnn.readout import (
     voting_scores,
 )
 
+pytestmark = pytest.mark.codegen_independent
+
+# fmt: off
 # One sample, F = 2 filters, L = 2 locations: S[f, loc].
 S_HAND = np.array([[1, 2],
                    [0, 1]])
@@ -24,6 +27,7 @@ S_HAND = np.array([[1, 2],
 V_HAND = np.array([[[3, 0], [0, 3]],
                    [[1, 2], [0, 0]],
                    [[0, 2], [3, 3]]], dtype=float)
+# fmt: on
 # S * V:  class 0 [[3, 0], [0, 3]], class 1 [[1, 4], [0, 0]], class 2 [[0, 4], [0, 3]]
 # patch_voting: class 0: max(3, 0) + max(0, 3) = 6 (loc 1 won by filter 1)
 #               class 1: max(1, 0) + max(4, 0) = 5 (loc 1 won by filter 0)
@@ -105,11 +109,13 @@ def test_batched_scores_match_reference(method, batch_size):
 
 
 def test_compute_votes_means_and_absent_label(caplog):
-    counts = np.array([
-        [[1, 0], [2, 4]],
-        [[3, 0], [0, 0]],
-        [[0, 5], [1, 1]],
-    ])
+    counts = np.array(
+        [
+            [[1, 0], [2, 4]],
+            [[3, 0], [0, 0]],
+            [[0, 5], [1, 1]],
+        ]
+    )
     labels = np.array([0, 0, 2])
     with caplog.at_level(logging.WARNING, logger="brian_lcsnn.readout"):
         votes = compute_votes(counts, labels, n_classes=3, batch_size=2)
@@ -157,7 +163,7 @@ def separable_problem(n, seed, n_classes=3, f=4, loc=3):
     labels = rng.integers(0, n_classes, n)
     rates = np.full((n_classes, f * loc), 0.1)
     for c in range(n_classes):
-        rates[c, c * 4:(c + 1) * 4] = 3.0
+        rates[c, c * 4 : (c + 1) * 4] = 3.0
     counts = rng.poisson(rates[labels]).reshape(n, f, loc)
     return counts, labels
 
