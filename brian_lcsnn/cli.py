@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     from .data import DataError
     from .models import ModelError
     from .protocol import ProtocolError
+    from .simulation import DeviceError
 
     try:
         if args.command == "doctor":
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
         _print_scores(run_dir)
         print(run_dir)
         return 0
-    except (ProtocolError, ModelError, DataError) as err:
+    except (ProtocolError, ModelError, DataError, DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from .models import ModelError
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
-from .simulation import NetworkState, Simulator
+from .simulation import DeviceError, NetworkState, Simulator
 
 __all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
 
@@ -166,6 +166,8 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     logger.info("preparing %s on %s", protocol.name, sim.device_name)
     try:
         compile_seconds = sim.prepare()
+    except DeviceError:
+        raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
         raise ModelError(f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}") from err
 

@@ -26,11 +26,15 @@ import numpy as np
 
 from .network import BuiltNetwork, NetworkSpec, build_network
 
-__all__ = ["DEVICES", "NetworkState", "ChunkResult", "Simulator", "default_build_root", "spike_counts"]
+__all__ = ["DeviceError", "DEVICES", "NetworkState", "ChunkResult", "Simulator", "default_build_root", "spike_counts"]
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("cpp_standalone", "runtime", "cuda_standalone")
+
+
+class DeviceError(RuntimeError):
+    """A device that cannot be used here (e.g. CUDA without brian2cuda); one line saying what is missing."""
 
 
 def default_build_root() -> Path:

@@ -79,3 +79,18 @@ def test_wrong_equation_exits_2_with_one_line_and_writes_nothing(env, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model files" in err[0]
     assert not results.exists() or not any(results.iterdir())
+
+
+def test_cuda_without_brian2cuda_is_one_clear_line(env, tmp_path, capsys):
+    pytest.importorskip("brian2", reason="needs brian2")
+    try:
+        import brian2cuda  # noqa: F401
+
+        pytest.skip("brian2cuda is installed")
+    except ImportError:
+        pass
+    results = tmp_path / "results"
+    assert main(["run", str(TINY), "--results", str(results), "--device", "cuda_standalone"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "brian2cuda" in err[0]
+    assert not results.exists() or not any(results.iterdir())
