@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -90,6 +91,8 @@ def _structure_key(spec: NetworkSpec, device: str, float_dtype: str, threads: in
         "threads": threads,
         "brian2": b2.__version__,
         "numpy": np.__version__,
+        # the Python that lays out the network is part of the structure too
+        "network_code": hashlib.sha256(Path(inspect.getfile(build_network)).read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
