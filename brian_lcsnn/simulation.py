@@ -10,6 +10,7 @@ meant for debugging small runs.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import inspect
 import json
@@ -161,7 +162,10 @@ class Simulator:
     def _prepare_standalone(self):
         if self.device_name == "cuda_standalone":
             from . import cuda  # noqa: F401  (registers the device and applies the CUDA fixes)
+        # Brian2 suffixes code-object names (_1, ...) while objects of an earlier build are alive, which
+        # changes the generated files and forces a recompile: drop the device's references, collect the dead
         b2.device.reinit()
+        gc.collect()
         b2.device.activate()
         b2.set_device(self.device_name, build_on_run=False)
         self._set_prefs()
@@ -179,8 +183,10 @@ class Simulator:
         built.network.run(self.spec.duration)
         with _locked(self.build_root / f"{self.key}.lock"):
             binary = self.build_dir / "main"
-            self.compiled_now = not binary.exists()
+            before = binary.stat().st_mtime_ns if binary.exists() else None
             b2.device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
+            # make relinks only when a source changed: an unchanged binary means nothing was recompiled
+            self.compiled_now = before != binary.stat().st_mtime_ns
             (self.build_dir / "lcsnn_build.json").write_text(json.dumps({"key": self.key, "brian2": b2.__version__}))
         self.built = built
 
