@@ -15,7 +15,7 @@ import numpy as np
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
-from .models import ModelError
+from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
@@ -58,8 +58,8 @@ def make_simulator(protocol: Protocol, device: str | None = None, build_root=Non
         normalisation=models["normalisation"],
         yy=models["yy"],
         samples_per_chunk=sim["samples_per_chunk"],
-        time_per_sample=_q(sim["time_per_sample"]),
-        dt=_q(sim["dt"]),
+        time_per_sample=parse_quantity(sim["time_per_sample"]),
+        dt=parse_quantity(sim["dt"]),
     )
     return Simulator(spec, device=device or sim["device"], build_root=build_root, float_dtype=sim["float"],
                      threads=sim["threads"])  # fmt: skip
@@ -70,12 +70,6 @@ def _root_cause(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     lines = [line for line in str(err).strip().splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
-
-
-def _q(text):
-    from .models import parse_quantity
-
-    return parse_quantity(text)
 
 
 def initial_state(protocol: Protocol, seed_seq: np.random.SeedSequence) -> NetworkState:
@@ -121,7 +115,7 @@ class PhaseOutcome:
 def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarray, state: NetworkState,
                protocol: Protocol, seq: np.random.SeedSequence, progress: bool):  # fmt: skip
     crop = protocol["dataset"]["crop"]
-    intensity = float(_q(protocol["dataset"]["intensity"]) / b2.Hz)
+    intensity = float(parse_quantity(protocol["dataset"]["intensity"]) / b2.Hz)
     rng = np.random.default_rng(seq.spawn(1)[0])
     indices = _sample_indices(phase["sampling"], phase["n"], len(images), rng, f"phase {phase['name']}")
     training = phase["type"] == "train"
