@@ -35,7 +35,7 @@ def bench(n_filters: int, n_samples: int, build_root: Path, float_dtype: str, re
     rng = np.random.default_rng(0)
     state = NetworkState(rng.random(geometry.n_xy), np.full(geometry.n_yy, -100.0), np.zeros(geometry.n_neurons))
     mean_weight = 0.32 if n_filters >= 100 else 0.46
-    args = dict(seed=1, xy_plastic=True, norm_target=mean_weight * 144)
+    args = dict(seed=1, plastic={"XY": True}, norm_target=mean_weight * 144)
     # the same chunk `repeat` times from the same state: the median is robust to a noisy machine
     trains = [sim.run_chunk(rates, np.ones(n_samples), state, **args) for _ in range(repeat)]
     train = trains[0]

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 MODEL_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
     "input": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
     "neuron": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
-    "synapse": {"required": ("equations", "on_pre"), "optional": ("on_post", "first_step_end")},
+    "synapse": {"required": ("equations", "on_pre"), "optional": ("on_post", "first_step_end", "step_end", "transmit")},
     "normalisation": {"required": ("target_equations", "synapse_equations", "sample_end"), "optional": ()},
 }
 

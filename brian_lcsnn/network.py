@@ -22,9 +22,9 @@ __all__ = ["NetworkSpec", "BuiltNetwork", "build_network", "SCHEDULE"]
 logger = logging.getLogger(__name__)
 
 #: Synapses after resets: plasticity sees traces that include this step's spikes (the thesis's order).
-#: Within the synapses slot, every projection runs on_post before on_pre (see models/stdp_postpre.yaml).
+#: Within the synapses slot, every projection runs on_post before on_pre (see `_synapses`).
 SCHEDULE = ["start", "groups", "thresholds", "resets", "synapses", "end"]
-POST_BEFORE_PRE = {"pre": 1, "post": -1}
+PATHWAY_ORDER = {"post": -1, "pre": 1, "transmit": 3}
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,24 @@ class _NamedClock(b2.Clock):
         return zlib.crc32(self.__dict__.get("_name", "").encode())
 
 
-def _post_before_pre(synapses: b2.Synapses) -> None:
-    # the rare pathway (Y spikes) carries the same-step test, so the hot one (X spikes) needs none
-    for pathway in synapses._pathways:
-        pathway.order = POST_BEFORE_PRE[pathway.prepost]
+def _synapses(model: ModelFile, source, target, equations, condition: str, name: str, step_clock, sample_clock):
+    """Synapses from a synapse model file, in the order of a step (slot ``synapses``):
+
+    on_post (-1), on_pre (1), step_end (2, every step), transmit (3, a second presynaptic pathway that
+    delivers the spike with the weight after this step's update). on_post runs before on_pre so that the rare
+    pathway (Y spikes) carries the same-step test and the hot one (X spikes) needs none.
+    """
+    on_pre = model.section("on_pre")
+    if model.section("transmit"):
+        on_pre = {"pre": on_pre, "transmit": model.section("transmit")}
+    syn = b2.Synapses(source, target, equations, on_pre=on_pre, on_post=model.section("on_post"),
+                      namespace=dict(model.parameters), clock=step_clock, name=name)  # fmt: skip
+    syn.connect(condition=condition)
+    for pathway in syn._pathways:
+        pathway.order = PATHWAY_ORDER[pathway.objname if pathway.objname in PATHWAY_ORDER else pathway.prepost]
+    _group_code(model, syn, "step_end", f"{name}_step_end", when="synapses", order=2)
+    _group_code(model, syn, "first_step_end", f"{name}_first_step_end", clock=sample_clock, when="end")
+    return syn
 
 
 def _group_code(model: ModelFile, group, key: str, name: str, **kwargs):
@@ -147,37 +161,15 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
     # which samples learn is data of the run, not of the model
     Y.run_regularly("learning = learning_schedule(t)", clock=sample_clock, when="start", name="Y_learning")
 
-    XY = b2.Synapses(
-        X,
-        Y,
-        b2.Equations(spec.xy.section("equations")) + b2.Equations(spec.normalisation.section("synapse_equations")),
-        on_pre=spec.xy.section("on_pre"),
-        on_post=spec.xy.section("on_post"),
-        namespace=dict(spec.xy.parameters),
-        clock=step_clock,
-        name="XY",
-    )
-    XY.connect(condition=g.xy_condition())
-    _post_before_pre(XY)
+    XY = _synapses(spec.xy, X, Y,
+                   b2.Equations(spec.xy.section("equations")) + b2.Equations(spec.normalisation.section("synapse_equations")),
+                   g.xy_condition(), "XY", step_clock, sample_clock)  # fmt: skip
     # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
     for updater in XY.summed_updaters.values():
         updater._clock = sample_clock
-    XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0, name="XY_normalise")
-    _group_code(spec.xy, XY, "first_step_end", "XY_first_step_end", clock=sample_clock, when="end")
-
-    YY = b2.Synapses(
-        Y,
-        Y,
-        spec.yy.section("equations"),
-        on_pre=spec.yy.section("on_pre"),
-        on_post=spec.yy.section("on_post"),
-        namespace=dict(spec.yy.parameters),
-        clock=step_clock,
-        name="YY",
-    )
-    YY.connect(condition=g.yy_condition())
-    _post_before_pre(YY)
-    _group_code(spec.yy, YY, "first_step_end", "YY_first_step_end", clock=sample_clock, when="end")
+    XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
+                     name="XY_normalise")  # fmt: skip
+    YY = _synapses(spec.yy, Y, Y, spec.yy.section("equations"), g.yy_condition(), "YY", step_clock, sample_clock)
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
     rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +18,12 @@ import yaml
 from .models import ModelError, load_model, parse_quantity, read_yaml
 from .topology import ARCHITECTURES, Geometry, GeometryError
 
-__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "PHASE_TYPES", "DEFAULTS"]
+__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "is_plastic", "PHASE_TYPES", "DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
-PHASE_TYPES = ("train", "calibrate", "test")
+PHASE_TYPES = ("train", "calibrate", "test", "lock", "unlock", "clear")
+PROJECTIONS = ("XY", "YY")
 SAMPLINGS = ("with_replacement", "shuffled", "ordered")
 #: The data split each phase type draws from (the thesis's split).
 PHASE_SPLIT = {"train": "train", "calibrate": "calibration", "test": "test"}
@@ -32,7 +34,8 @@ DEFAULTS = {
     "description": "",
     "seed": 1,
     "dataset": {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"},
-    "network": {"architecture": "LC", "n_filters": 25, "kernel_size": 12, "stride": 4, "mean_weight": 0.4, "c_w": -100.0},
+    "network": {"architecture": "LC", "n_filters": 25, "kernel_size": 12, "stride": 4, "mean_weight": 0.4, "c_w": -100.0,
+                "yy_init": "constant"},  # fmt: skip
     "models": {
         "input": "input_thesis",
         "neuron": "adaptive_lif",
@@ -52,7 +55,16 @@ DEFAULTS = {
     "readout": {"linear": "logistic", "top_n": []},
     "phases": None,
 }
-PHASE_KEYS = {"type": None, "n": None, "name": None, "sampling": None}
+#: The keys each phase type takes: train/calibrate/test present samples; lock, unlock and clear change a
+#: projection between them (lock: freeze, optionally at a value; clear: set to 0), never the equations.
+PHASE_KEYS = {
+    "train": ("type", "name", "n", "sampling", "learn"),
+    "calibrate": ("type", "name", "n", "sampling"),
+    "test": ("type", "name", "n", "sampling"),
+    "lock": ("type", "name", "projection", "value"),
+    "unlock": ("type", "name", "projection"),
+    "clear": ("type", "name", "projection"),
+}
 DEFAULT_SAMPLING = {"train": "with_replacement", "calibrate": "ordered", "test": "ordered"}
 
 
@@ -221,6 +233,7 @@ def validate(data: dict, path: Path) -> dict:
     if _number(net["mean_weight"], f"{w}: network.mean_weight") <= 0:
         raise ProtocolError(f"{w}: network.mean_weight: must be > 0, got {net['mean_weight']}")
     _number(net["c_w"], f"{w}: network.c_w")
+    _choice(net["yy_init"], ("constant", "uniform"), f"{w}: network.yy_init")
     try:
         Geometry(ds["crop"], net["kernel_size"], net["stride"], net["n_filters"], net["architecture"])
     except GeometryError as err:
@@ -257,21 +270,39 @@ def validate(data: dict, path: Path) -> dict:
     explicit = {p.get("name") for p in phases if isinstance(p, dict) and p.get("name")}
     for k, phase in enumerate(phases):
         pw = f"{w}: phases[{k}]"
-        _check_keys(phase, list(PHASE_KEYS), w, f"phases[{k}].")
+        if not isinstance(phase, dict):
+            raise ProtocolError(f"{pw}: expected a mapping, got {type(phase).__name__}")
         kind = _choice(phase.get("type"), PHASE_TYPES, f"{pw}.type")
-        n = _int(phase.get("n"), f"{pw}.n", 1)
+        _check_keys(phase, list(PHASE_KEYS[kind]), w, f"phases[{k}].")
         name = phase.get("name") or next(
             c for c in (kind, *(f"{kind}_{m}" for m in range(k, k + len(phases) + 1))) if c not in names | explicit
         )
         if not isinstance(name, str) or name in names:
             raise ProtocolError(f"{pw}.name: {name!r} is not a unique phase name")
         names.add(name)
-        sampling = _choice(phase.get("sampling") or DEFAULT_SAMPLING[kind], SAMPLINGS, f"{pw}.sampling")
+        entry = {"type": kind, "name": name}
+        if kind in ("train", "calibrate", "test"):
+            entry["n"] = _int(phase.get("n"), f"{pw}.n", 1)
+            entry["sampling"] = _choice(phase.get("sampling") or DEFAULT_SAMPLING[kind], SAMPLINGS, f"{pw}.sampling")
+        else:
+            entry["projection"] = _choice(phase.get("projection"), PROJECTIONS, f"{pw}.projection")
+        if kind == "train":
+            learn = phase.get("learn")
+            if learn is not None:
+                if isinstance(learn, str):
+                    learn = [learn]
+                if not isinstance(learn, list):
+                    raise ProtocolError(f"{pw}.learn: expected a list of projections (XY, YY)")
+                for item in learn:
+                    _choice(item, PROJECTIONS, f"{pw}.learn")
+            entry["learn"] = learn
+        if kind == "lock":
+            entry["value"] = None if phase.get("value") is None else _number(phase["value"], f"{pw}.value")
         if kind == "calibrate":
             calibrated = True
         if kind == "test" and not calibrated:
             raise ProtocolError(f"{pw}: a test phase needs a calibrate phase before it")
-        resolved.append({"type": kind, "name": name, "n": n, "sampling": sampling})
+        resolved.append(entry)
     out["phases"] = resolved
     return out
 
@@ -287,7 +318,32 @@ def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protoc
     raw = apply_overrides(raw, list(overrides), str(path))
     protocol = Protocol(path=path.resolve(), data=validate(raw, path))
     try:
-        protocol.model_files()  # every model file exists, parses, and takes the overrides
+        models = protocol.model_files()  # every model file exists, parses, and takes the overrides
     except ModelError as err:
         raise ProtocolError(str(err)) from None
+    _resolve_learning(protocol.data["phases"], {"XY": models["xy"], "YY": models["yy"]}, path)
     return protocol
+
+
+def is_plastic(model) -> bool:
+    """A projection can learn when its model has the ``plastic`` gate."""
+    return re.search(r"^\s*plastic\s*:", model.section("equations") or "", re.MULTILINE) is not None
+
+
+def _resolve_learning(phases: list, models: dict, path) -> None:
+    """Fill in each train phase's ``learn`` (default: every plastic projection not locked) and check it."""
+    locked = set()
+    for k, phase in enumerate(phases):
+        pw = f"{path}: phases[{k}]"
+        if phase["type"] == "lock":
+            locked.add(phase["projection"])
+        elif phase["type"] == "unlock":
+            locked.discard(phase["projection"])
+        elif phase["type"] == "train":
+            if phase["learn"] is None:
+                phase["learn"] = [p for p in PROJECTIONS if is_plastic(models[p]) and p not in locked]
+            for proj in phase["learn"]:
+                if proj in locked:
+                    raise ProtocolError(f"{pw}.learn: {proj} is locked by an earlier phase (unlock it first)")
+                if not is_plastic(models[proj]):
+                    raise ProtocolError(f"{pw}.learn: {proj} cannot learn: its model {models[proj].path.name} has no 'plastic' gate")

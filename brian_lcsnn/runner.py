@@ -20,6 +20,7 @@ from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
+from .topology import competition_pairs, local_pairs
 
 __all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
 
@@ -73,14 +74,15 @@ def _root_cause(err: BaseException) -> str:
 
 
 def initial_state(protocol: Protocol, seed_seq: np.random.SeedSequence) -> NetworkState:
-    """XY weights uniform in [0, 1) (normalised before the first sample), YY = c_w, theta = 0."""
+    """XY weights uniform in [0, 1) (normalised before the first sample); YY = c_w (``yy_init: constant``)
+    or uniform between c_w and 0 (``uniform``, the thesis's start for learned competition); theta = 0."""
     g = protocol.geometry
+    net = protocol["network"]
     rng = np.random.default_rng(seed_seq)
-    return NetworkState(
-        xy_w=rng.random(g.n_xy),
-        yy_w=np.full(g.n_yy, float(protocol["network"]["c_w"])),
-        theta=np.zeros(g.n_neurons),
-    )
+    xy_w = rng.random(g.n_xy)
+    c_w = float(net["c_w"])
+    yy_w = rng.random(g.n_yy) * c_w if net["yy_init"] == "uniform" else np.full(g.n_yy, c_w)
+    return NetworkState(xy_w=xy_w, yy_w=yy_w, theta=np.zeros(g.n_neurons))
 
 
 def _sample_indices(sampling: str, n: int, pool: int, rng: np.random.Generator, where: str) -> np.ndarray:
@@ -133,7 +135,7 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
             np.full(len(idx), 1.0 if training else 0.0),
             state,
             seed=int(chunk_seeds[c].generate_state(1)[0] & 0x7FFFFFFF),
-            xy_plastic=training,
+            plastic={name: name in phase.get("learn", ()) for name in ("XY", "YY")},
             norm_target=protocol["network"]["mean_weight"] * protocol.geometry.kernel_size**2,
         )
         state = result.state
@@ -192,10 +194,17 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     scores, votes, linear = {}, None, None
     try:
         for phase, seq in zip(protocol["phases"], phase_seqs, strict=True):
+            if phase["type"] in ("lock", "unlock", "clear"):
+                state = _set_projection(state, phase)
+                if phase["type"] != "unlock":
+                    _write_state(run_dir, phase["name"], g, state)
+                info["phases"].append(dict(phase))
+                write_json(run_dir / "run.json", info)
+                continue
             images, labels = dataset.split(PHASE_SPLIT[phase["type"]])
             state, out = _run_phase(sim, phase, images, labels, state, protocol, seq, progress)
             if phase["type"] == "train":
-                _write_state(run_dir / "states" / f"{phase['name']}.npz", sim, state)
+                _write_state(run_dir, phase["name"], g, state)
             record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
                       "samples_per_second": round(phase["n"] / out.wall_seconds, 2)}  # fmt: skip
             if out.counts is not None:
@@ -219,7 +228,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
                 write_json(run_dir / "scores.json", scores)
             info["phases"].append(record)
             write_json(run_dir / "run.json", info)
-        _write_state(run_dir / "state.npz", sim, state)
+        _write_state(run_dir, None, g, state)
         info["status"] = "finished"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
@@ -234,8 +243,24 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     return run_dir
 
 
-def _write_state(path: Path, sim: Simulator, state: NetworkState) -> None:
-    idx = sim.synapse_indices()
-    write_npz(path, xy_w=state.xy_w, xy_i=idx["XY"][0], xy_j=idx["XY"][1], yy_w=state.yy_w, yy_i=idx["YY"][0],
-              yy_j=idx["YY"][1], theta=state.theta)  # fmt: skip
+def _set_projection(state: NetworkState, phase: dict) -> NetworkState:
+    """lock (at ``value``, if given) and clear (to 0) change weights between phases; unlock changes none."""
+    state = state.copy()
+    attr = {"XY": "xy_w", "YY": "yy_w"}[phase["projection"]]
+    value = 0.0 if phase["type"] == "clear" else phase.get("value")
+    if value is not None:
+        getattr(state, attr)[:] = value
+    return state
+
+
+def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState) -> None:
+    """The state (``state.npz``, or ``states/<phase>.npz``) and the competition weights' histogram."""
+    xy_i, xy_j = local_pairs(geometry)  # the build's synapse order (checked by the tests)
+    yy_i, yy_j = competition_pairs(geometry)
+    path = run_dir / "state.npz" if phase is None else run_dir / "states" / f"{phase}.npz"
+    write_npz(path, xy_w=state.xy_w, xy_i=xy_i, xy_j=xy_j, yy_w=state.yy_w, yy_i=yy_i, yy_j=yy_j,
+              theta=state.theta)  # fmt: skip
+    if len(state.yy_w):
+        counts, edges = np.histogram(state.yy_w, bins=50)
+        write_npz(run_dir / "competition" / f"{phase or 'final'}.npz", weights=state.yy_w, counts=counts, edges=edges)
 

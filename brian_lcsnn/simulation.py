@@ -109,6 +109,18 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict[str, float]:
+    """The ``plastic`` gate of every projection whose model has one (1: learns in training samples)."""
+    flags = {}
+    for name in ("XY", "YY"):
+        has_gate = "plastic" in getattr(built, name).variables
+        if plastic.get(name) and not has_gate:
+            raise ValueError(f"projection {name} cannot learn: its model has no 'plastic' variable")
+        if has_gate:
+            flags[name] = float(bool(plastic.get(name)))
+    return flags
+
+
 class Simulator:
     """Runs chunks of samples through one network structure.
 
@@ -203,13 +215,14 @@ class Simulator:
         return stim, schedule
 
     def run_chunk(self, rates: np.ndarray, learning: np.ndarray, state: NetworkState, *, seed: int,
-                  xy_plastic: bool, norm_target: float) -> ChunkResult:  # fmt: skip
+                  plastic: dict[str, bool], norm_target: float) -> ChunkResult:  # fmt: skip
         """Present ``len(rates)`` samples (rates in Hz, (n, n_inputs)) and return counts and new state.
 
-        ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on).
+        ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on);
+        ``plastic`` which projections (``"XY"``, ``"YY"``) learn in those samples.
         """
         if self.device_name == "runtime":
-            return self._run_runtime(rates, learning, state, seed, xy_plastic, norm_target)
+            return self._run_runtime(rates, learning, state, seed, plastic, norm_target)
         if self.built is None:
             self.prepare()
         b = self.built
@@ -220,10 +233,11 @@ class Simulator:
             b.XY.w: state.xy_w,
             b.YY.w: state.yy_w,
             b.Y.theta: state.theta * b2.volt,
-            b.XY.plastic: float(xy_plastic),
             b.XY.norm_target: float(norm_target),
             b.rng.seed: int(seed),
         }
+        for name, flag in _plastic_flags(b, plastic).items():
+            run_args[getattr(b, name).plastic] = flag
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
         try:
@@ -245,7 +259,7 @@ class Simulator:
                     path.unlink(missing_ok=True)
         return ChunkResult(counts, new_state, time.perf_counter() - start)
 
-    def _run_runtime(self, rates, learning, state, seed, xy_plastic, norm_target) -> ChunkResult:
+    def _run_runtime(self, rates, learning, state, seed, plastic, norm_target) -> ChunkResult:
         stim, schedule = self._padded_inputs(rates, learning)
         b2.start_scope()
         b = build_network(self.spec)
@@ -254,7 +268,8 @@ class Simulator:
         b.XY.w[:] = state.xy_w
         b.YY.w[:] = state.yy_w
         b.Y.theta[:] = state.theta * b2.volt
-        b.XY.plastic = float(xy_plastic)
+        for name, flag in _plastic_flags(b, plastic).items():
+            getattr(b, name).plastic = flag
         b.XY.norm_target = float(norm_target)
         b2.seed(int(seed))
         start = time.perf_counter()

@@ -55,7 +55,7 @@ def test_hand_computed_neuron_and_stdp(device, build_root):
     sim.prepare()
     rates = np.array([[250.0, 1000 / 13, 0, 0]] * 2)
     state = NetworkState(np.array([7.0, 14.0, 0.0, 0.0]), np.zeros(0), np.zeros(1))
-    learned = sim.run_chunk(rates[:1], np.ones(1), state, seed=1, xy_plastic=True, norm_target=1.0)
+    learned = sim.run_chunk(rates[:1], np.ones(1), state, seed=1, plastic={"XY": True}, norm_target=1.0)
 
     assert learned.counts.tolist() == [[1]]
     w0 = 7 + 1e-2 * E(-1 / 20) - 1e-4 * (E(-3 / 20) + E(-7 / 20))
@@ -64,7 +64,7 @@ def test_hand_computed_neuron_and_stdp(device, build_root):
     np.testing.assert_allclose(learned.state.theta, [0.05e-3 * E(-7 / 1e6)], rtol=1e-12)
 
     # the same two samples with learning off: same spike, nothing changes, theta frozen
-    frozen = sim.run_chunk(rates, np.zeros(2), learned.state, seed=1, xy_plastic=True, norm_target=1.0)
+    frozen = sim.run_chunk(rates, np.zeros(2), learned.state, seed=1, plastic={"XY": True}, norm_target=1.0)
     assert frozen.counts.tolist() == [[1], [1]]
     np.testing.assert_array_equal(frozen.state.xy_w, learned.state.xy_w)
     np.testing.assert_array_equal(frozen.state.theta, learned.state.theta)
@@ -85,7 +85,7 @@ def test_matches_numpy_statement_of_the_thesis(build_root):
 
     counts = []
     for lo in range(0, 9, 3):
-        out = sim.run_chunk(rates[lo : lo + 3], learning[lo : lo + 3], state, seed=1, xy_plastic=True,
+        out = sim.run_chunk(rates[lo : lo + 3], learning[lo : lo + 3], state, seed=1, plastic={"XY": True},
                             norm_target=norm_target)  # fmt: skip
         counts.append(out.counts)
         state = out.state
@@ -103,3 +103,64 @@ def _initial(geometry, rng_seed):
     rng = np.random.default_rng(rng_seed)
     rng.integers(0, 256, size=(9, geometry.n_inputs))
     return rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons)
+
+
+def _yy_spec(yy_params, steps=20):
+    return NetworkSpec(
+        geometry=Geometry(crop=2, kernel_size=2, stride=1, n_filters=2),
+        input=load_model("input_regular"),
+        neuron=load_model("adaptive_lif"),
+        xy=load_model("stdp_postpre"),
+        normalisation=load_model(str(FIXTURES / "models" / "no_normalisation.yaml")),
+        yy=load_model("competition_stdp").with_parameters(yy_params, "test"),
+        samples_per_chunk=1,
+        time_per_sample=steps * b2.ms,
+    )
+
+
+# Two Y neurons at one location, driven by their own pixel (XY weight 20 mV: a spike one step after each
+# input spike). Pixel 0 fires at steps 3, 7, 11, 15, 19 -> Y0 fires at 4, 8, 12, 16; pixel 1 at 5, 11, 17 ->
+# Y1 fires at 6, 12, 18. XY pre-major order: (pixel, neuron) = (0,0), (0,1), (1,0), (1,1), ...
+YY_RATES = np.array([[250.0, 1000 / 6, 0, 0]])
+YY_XY = np.array([20.0, 0, 0, 20.0, 0, 0, 0, 0])
+
+
+def test_hand_computed_competition_learning(device, build_root):
+    """YY anti-STDP over one sample, every term worked out by hand (traces: tau 20 ms, d = e^(-1/20)).
+
+    Synapse 0->1 (pre Y0, post Y1): Y1@6 +A_neg x_src(Y0) = e^-0.1; Y0@8 -A_pos x_tgt(Y1) = e^-0.1;
+      @12 both (on_post first): +A_neg, -A_pos; Y0@16 -A_pos e^-0.2; Y1@18 +A_neg e^-0.1.
+    Synapse 1->0: Y1@6 -A_pos e^-0.1; Y0@8 +A_neg e^-0.1; @12 +A_neg -A_pos; Y0@16 +A_neg e^-0.2;
+      Y1@18 -A_pos e^-0.1.
+    Plus weight_decay subtracted in each of the 20 learning steps; the clamp at 0 never binds here.
+    """
+    A_pos, A_neg, decay = -0.5, -1.0, 0.001
+    sim = Simulator(_yy_spec({"A_pos": A_pos, "A_neg": A_neg, "weight_decay": decay}), device=device,
+                    build_root=build_root)  # fmt: skip
+    sim.prepare()
+    state = NetworkState(YY_XY.copy(), np.array([-1.0, -1.0]), np.zeros(2))
+    out = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
+
+    assert out.counts.tolist() == [[4, 3]]
+    e1, e2 = E(-0.1), E(-0.2)
+    w01 = -1 - 20 * decay + A_neg * (e1 + 1 + e1) - A_pos * (e1 + 1 + e2)
+    w10 = -1 - 20 * decay + A_neg * (e1 + 1 + e2) - A_pos * (e1 + 1 + e1)
+    np.testing.assert_allclose(out.state.yy_w, [w01, w10], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(out.state.xy_w, YY_XY)  # XY is not plastic here
+
+
+@pytest.mark.standalone
+def test_competition_clamps_hold_and_locked_projections_do_not_move(build_root):
+    # positive A's drive the weights up: they must stop at c_w_max
+    sim = Simulator(_yy_spec({"A_pos": 2.0, "A_neg": 3.0, "c_w_min": -1.5, "c_w_max": -0.5}), build_root=build_root)
+    sim.prepare()
+    state = NetworkState(YY_XY.copy(), np.array([-1.0, -1.2]), np.zeros(2))
+    learned = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
+    assert np.all(learned.state.yy_w >= -1.5) and np.all(learned.state.yy_w <= -0.5)
+    assert np.isclose(learned.state.yy_w, -0.5).any()
+
+    # a training sample with YY and XY locked: neither moves, only theta adapts
+    locked = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"XY": False, "YY": False}, norm_target=1.0)
+    np.testing.assert_array_equal(locked.state.yy_w, state.yy_w)
+    np.testing.assert_array_equal(locked.state.xy_w, state.xy_w)
+    assert locked.state.theta.min() > 0

@@ -88,7 +88,7 @@ def test_adaptive_lif_parameters():
     model = load_model("adaptive_lif", expected_kind="neuron")
     params = model.parameters
     assert set(params) == {"v_rest", "v_reset", "v_thresh", "tau_m", "theta_plus", "tau_theta",
-                           "refractory_steps", "tau_tgt"}
+                           "refractory_steps", "tau_tgt", "tau_src"}
     assert same_quantity(params["v_rest"], -65 * mV)
     assert same_quantity(params["v_reset"], -65 * mV)
     assert same_quantity(params["v_thresh"], -52 * mV)

@@ -86,7 +86,7 @@ def test_quickstart():
     assert p["network"]["mean_weight"] == 0.46 and p["network"]["c_w"] == -100
     assert p["dataset"] == {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"}
     assert p["phases"] == [
-        {"type": "train", "name": "train", "n": 2000, "sampling": "with_replacement"},
+        {"type": "train", "name": "train", "n": 2000, "sampling": "with_replacement", "learn": ["XY"]},
         {"type": "calibrate", "name": "calibrate", "n": 5000, "sampling": "ordered"},
         {"type": "test", "name": "test", "n": 5000, "sampling": "ordered"},
     ]
@@ -131,7 +131,7 @@ def test_minimal_protocol_gets_every_default(tmp_path):
         if isinstance(default, dict):
             assert p[section] == default, section
     assert p.geometry == Geometry(20, 12, 4, 25)
-    assert p["phases"] == [{"type": "train", "name": "train", "n": 10, "sampling": "with_replacement"}]
+    assert p["phases"] == [{"type": "train", "name": "train", "n": 10, "sampling": "with_replacement", "learn": ["XY"]}]
 
 
 def test_defaults_are_not_shared_between_protocols(tmp_path):
@@ -151,7 +151,7 @@ def test_partial_section_is_merged_with_defaults(tmp_path):
     assert p["simulation"]["time_per_sample"] == "250 ms"
     assert p["simulation"]["device"] == "cpp_standalone"
     assert p["network"] == {"architecture": "LC", "n_filters": 100, "kernel_size": 8, "stride": 4,
-                            "mean_weight": 0.4, "c_w": -100.0}
+                            "mean_weight": 0.4, "c_w": -100.0, "yy_init": "constant"}
     assert p.geometry.n_neurons == 1600
 
 
@@ -161,14 +161,14 @@ def test_default_sampling_and_names(tmp_path):
     assert [ph["sampling"] for ph in p["phases"]] == ["with_replacement", "ordered", "ordered",
                                                       "with_replacement", "ordered"]
     assert [ph["name"] for ph in p["phases"]] == ["train", "calibrate", "test", "train_3", "test_4"]
-    assert set(PHASE_TYPES) == {"train", "calibrate", "test"}
+    assert set(PHASE_TYPES) == {"train", "calibrate", "test", "lock", "unlock", "clear"}
 
 
 def test_explicit_phase_name_and_sampling_are_kept(tmp_path):
     phases = [{"type": "train", "n": 3, "name": "warmup", "sampling": "shuffled"},
               {"type": "calibrate", "n": 2, "sampling": "with_replacement"}]
     p = load_protocol(write(tmp_path, {"phases": phases}))
-    assert p["phases"] == [{"type": "train", "name": "warmup", "n": 3, "sampling": "shuffled"},
+    assert p["phases"] == [{"type": "train", "name": "warmup", "n": 3, "sampling": "shuffled", "learn": ["XY"]},
                            {"type": "calibrate", "name": "calibrate", "n": 2, "sampling": "with_replacement"}]
 
 
