@@ -94,3 +94,37 @@ def test_cuda_without_brian2cuda_is_one_clear_line(env, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "brian2cuda" in err[0]
     assert not results.exists() or not any(results.iterdir())
+
+
+def test_two_phase_protocol_locks_clears_and_learns_each_projection(env, tmp_path, capsys):
+    protocol = FIXTURES / "protocols" / "two_phase_tiny.yaml"
+    assert main(["run", str(protocol), "--results", str(tmp_path), "--quiet"]) == 0
+    run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    info = json.loads((run_dir / "run.json").read_text())
+    learn = {p["name"]: p.get("learn") for p in info["phases"]}
+    assert learn["train_xy"] == ["XY"] and learn["train_yy"] == ["YY"]
+
+    def state(name):
+        return np.load(run_dir / "states" / f"{name}.npz")
+
+    assert np.all(state("lock")["yy_w"] == -100)
+    assert np.all(state("train_xy")["yy_w"] == -100)  # locked while XY learned
+    assert not np.array_equal(state("lock")["xy_w"], state("train_xy")["xy_w"])
+    assert np.all(state("clear")["yy_w"] == 0)
+    np.testing.assert_array_equal(state("lock_4")["xy_w"], state("train_yy")["xy_w"])  # XY locked
+    learned = state("train_yy")["yy_w"]
+    assert learned.max() <= 0 and learned.min() < 0  # anti-STDP made competition, clamped at c_w_max = 0
+    competition = np.load(run_dir / "competition" / "train_yy.npz")
+    assert competition["counts"].sum() == learned.size
+    # the stored synapse order is the build's
+    assert set(json.loads((run_dir / "scores.json").read_text())["test"]) == {"patch_voting", "all_voting",
+                                                                             "spikes_first"}
+
+
+def test_learning_a_locked_projection_is_one_line_exit_2(tmp_path, capsys):
+    protocol = tmp_path / "p.yaml"
+    protocol.write_text((FIXTURES / "protocols" / "two_phase_tiny.yaml").read_text().replace(
+        "{type: train, name: train_xy, n: 150}", "{type: train, name: train_xy, n: 150, learn: [XY, YY]}"))
+    assert main(["check", str(protocol)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "phases[1].learn" in err[0] and "locked" in err[0]

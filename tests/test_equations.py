@@ -7,7 +7,7 @@ import brian2 as b2
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec
 from brian_lcsnn.simulation import NetworkState, Simulator
-from brian_lcsnn.topology import Geometry
+from brian_lcsnn.topology import Geometry, competition_pairs, local_pairs
 
 from .conftest import FIXTURES
 from .thesis_reference import simulate
@@ -94,6 +94,9 @@ def test_matches_numpy_statement_of_the_thesis(build_root):
     ref_counts, ref_w, ref_theta = simulate(geometry, rates, learning, *_initial(geometry, rng_seed=7),
                                             norm_target=norm_target, steps=steps)  # fmt: skip
     assert counts.sum() > 50, "the test network must spike"
+    # the build's synapse order is the topology's (stored states and the reference rely on it)
+    for name, pairs in (("XY", local_pairs(geometry)), ("YY", competition_pairs(geometry))):
+        np.testing.assert_array_equal(np.stack(sim.synapse_indices()[name]), np.stack(pairs))
     np.testing.assert_array_equal(counts, ref_counts)
     np.testing.assert_allclose(state.xy_w, ref_w, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(state.theta * 1e3, ref_theta, rtol=1e-9, atol=1e-12)
