@@ -169,7 +169,17 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
         updater._clock = sample_clock
     XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
                      name="XY_normalise")  # fmt: skip
-    YY = _synapses(spec.yy, Y, Y, spec.yy.section("equations"), g.yy_condition(), "YY", step_clock, sample_clock)
+    yy_equations = b2.Equations(spec.yy.section("equations"))
+    if g.yy_pairs == "all":
+        yy_equations += b2.Equations("competing : boolean (constant)")
+    YY = _synapses(spec.yy, Y, Y, yy_equations, g.yy_condition(), "YY", step_clock, sample_clock)
+    if g.yy_pairs == "all":
+        # the thesis code: the whole Y x Y matrix learns within a sample, and after every sample in which
+        # it learned, the weights between neurons that do not compete are zeroed again
+        YY.competing = g.competing_condition()
+        if "plastic" in YY.variables:
+            YY.run_regularly("w = w * (1 - plastic * (1 - int(competing)))", clock=sample_clock, when="start",
+                             name="YY_mask")  # fmt: skip
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
     rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .models import ModelError, load_model, parse_quantity, read_yaml
-from .topology import ARCHITECTURES, Geometry, GeometryError
+from .topology import ARCHITECTURES, YY_PAIRS, Geometry, GeometryError
 
 __all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "is_plastic", "PHASE_TYPES", "DEFAULTS"]
 
@@ -35,7 +35,7 @@ DEFAULTS = {
     "seed": 1,
     "dataset": {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"},
     "network": {"architecture": "LC", "n_filters": 25, "kernel_size": 12, "stride": 4, "mean_weight": 0.4, "c_w": -100.0,
-                "yy_init": "constant"},  # fmt: skip
+                "yy_init": "constant", "yy_pairs": "competition"},  # fmt: skip
     "models": {
         "input": "input_thesis",
         "neuron": "adaptive_lif",
@@ -90,7 +90,7 @@ class Protocol:
     def geometry(self) -> Geometry:
         net = self.data["network"]
         crop = self.data["dataset"]["crop"]
-        return Geometry(crop, net["kernel_size"], net["stride"], net["n_filters"], net["architecture"])
+        return Geometry(crop, net["kernel_size"], net["stride"], net["n_filters"], net["architecture"], net["yy_pairs"])
 
     def model_files(self) -> dict:
         """The five model files with the protocol's parameter overrides applied."""
@@ -234,6 +234,7 @@ def validate(data: dict, path: Path) -> dict:
         raise ProtocolError(f"{w}: network.mean_weight: must be > 0, got {net['mean_weight']}")
     _number(net["c_w"], f"{w}: network.c_w")
     _choice(net["yy_init"], ("constant", "uniform"), f"{w}: network.yy_init")
+    _choice(net["yy_pairs"], YY_PAIRS, f"{w}: network.yy_pairs")
     try:
         Geometry(ds["crop"], net["kernel_size"], net["stride"], net["n_filters"], net["architecture"])
     except GeometryError as err:

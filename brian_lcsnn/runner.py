@@ -20,7 +20,7 @@ from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
-from .topology import competition_pairs, local_pairs
+from .topology import competing, competition_pairs, local_pairs
 
 __all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
 
@@ -82,6 +82,7 @@ def initial_state(protocol: Protocol, seed_seq: np.random.SeedSequence) -> Netwo
     xy_w = rng.random(g.n_xy)
     c_w = float(net["c_w"])
     yy_w = rng.random(g.n_yy) * c_w if net["yy_init"] == "uniform" else np.full(g.n_yy, c_w)
+    yy_w[~competing(g, *competition_pairs(g))] = 0.0  # with yy_pairs "all": only competing pairs start nonzero
     return NetworkState(xy_w=xy_w, yy_w=yy_w, theta=np.zeros(g.n_neurons))
 
 
@@ -260,7 +261,8 @@ def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState
     path = run_dir / "state.npz" if phase is None else run_dir / "states" / f"{phase}.npz"
     write_npz(path, xy_w=state.xy_w, xy_i=xy_i, xy_j=xy_j, yy_w=state.yy_w, yy_i=yy_i, yy_j=yy_j,
               theta=state.theta)  # fmt: skip
-    if len(state.yy_w):
-        counts, edges = np.histogram(state.yy_w, bins=50)
-        write_npz(run_dir / "competition" / f"{phase or 'final'}.npz", weights=state.yy_w, counts=counts, edges=edges)
+    weights = state.yy_w[competing(geometry, yy_i, yy_j)]
+    if len(weights):
+        counts, edges = np.histogram(weights, bins=50)
+        write_npz(run_dir / "competition" / f"{phase or 'final'}.npz", weights=weights, counts=counts, edges=edges)
 

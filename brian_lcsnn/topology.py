@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "GeometryError", "Geometry", "local_pairs", "competition_pairs"]
+__all__ = ["ARCHITECTURES", "YY_PAIRS", "GeometryError", "Geometry", "local_pairs", "competition_pairs", "competing"]
 
 #: LC: locally connected (own weights at every location).
 ARCHITECTURES = ("LC",)
+YY_PAIRS = ("competition", "all")
 
 
 class GeometryError(ValueError):
@@ -37,6 +38,10 @@ class Geometry:
         Channels per location.
     architecture : str
         ``"LC"``.
+    yy_pairs : str
+        ``"competition"``: YY synapses between different channels at the same location (default);
+        ``"all"``: every ordered Y pair, self included, as the thesis code's dense YY matrix (learned
+        competition then acts across receptive fields within a sample; see `network`).
     """
 
     crop: int
@@ -44,6 +49,7 @@ class Geometry:
     stride: int
     n_filters: int
     architecture: str = "LC"
+    yy_pairs: str = "competition"
 
     def __post_init__(self):
         for name in ("crop", "kernel_size", "stride", "n_filters"):
@@ -52,6 +58,8 @@ class Geometry:
                 raise GeometryError(f"{name} must be a positive integer, got {value!r}")
         if self.architecture not in ARCHITECTURES:
             raise GeometryError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.yy_pairs not in YY_PAIRS:
+            raise GeometryError(f"yy_pairs must be one of {', '.join(YY_PAIRS)}, got {self.yy_pairs!r}")
         if self.kernel_size > self.crop:
             raise GeometryError(f"kernel_size {self.kernel_size} is larger than the crop {self.crop}")
 
@@ -78,9 +86,14 @@ class Geometry:
         return self.n_neurons * self.kernel_size**2
 
     @property
-    def n_yy(self) -> int:
-        """YY competition synapses: ordered pairs of different channels at the same location."""
+    def n_competing(self) -> int:
+        """Ordered pairs of different channels at the same location (the competition proper)."""
         return self.n_locations * self.n_filters * (self.n_filters - 1)
+
+    @property
+    def n_yy(self) -> int:
+        """YY synapses: the competing pairs, or every ordered pair with ``yy_pairs="all"``."""
+        return self.n_competing if self.yy_pairs == "competition" else self.n_neurons**2
 
     @property
     def n_xy_parameters(self) -> int:
@@ -96,7 +109,7 @@ class Geometry:
             "xy_synapses": self.n_xy,
             "xy_parameters": self.n_xy_parameters,
             "yy_synapses": self.n_yy,
-            "total_parameters": self.n_xy_parameters + self.n_yy,
+            "total_parameters": self.n_xy_parameters + self.n_competing,
         }
 
     def xy_condition(self) -> str:
@@ -109,9 +122,13 @@ class Geometry:
             f"(i % {c}) >= {col_start} and (i % {c}) < {col_start} + {k}"
         )
 
-    def yy_condition(self) -> str:
-        """Competition: different channels at the same location."""
+    def competing_condition(self) -> str:
+        """Different channels at the same location."""
         return f"i % {self.n_locations} == j % {self.n_locations} and i != j"
+
+    def yy_condition(self) -> str:
+        """The index condition of the YY synapses."""
+        return self.competing_condition() if self.yy_pairs == "competition" else "True"
 
 
 def local_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +146,14 @@ def local_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
 
 def competition_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """All YY (pre, post) index pairs, pre-major."""
-    L = geometry.n_locations
     idx = np.arange(geometry.n_neurons)
-    same = (idx[:, None] % L == idx[None, :] % L) & (idx[:, None] != idx[None, :])
-    i, j = np.nonzero(same)
+    if geometry.yy_pairs == "all":
+        return np.repeat(idx, len(idx)).astype(np.int32), np.tile(idx, len(idx)).astype(np.int32)
+    i, j = np.nonzero(competing(geometry, idx[:, None], idx[None, :]))
     return i.astype(np.int32), j.astype(np.int32)
+
+
+def competing(geometry: Geometry, i, j):
+    """Whether Y neurons i and j compete (different channels at the same location); numpy-broadcasting."""
+    L = geometry.n_locations
+    return (np.asarray(i) % L == np.asarray(j) % L) & (np.asarray(i) != np.asarray(j))

@@ -108,14 +108,14 @@ def _initial(geometry, rng_seed):
     return rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons)
 
 
-def _yy_spec(yy_params, steps=20):
+def _yy_spec(yy_params, steps=20, yy_model="competition_stdp", yy_pairs="competition"):
     return NetworkSpec(
-        geometry=Geometry(crop=2, kernel_size=2, stride=1, n_filters=2),
+        geometry=Geometry(crop=2, kernel_size=2, stride=1, n_filters=2, yy_pairs=yy_pairs),
         input=load_model("input_regular"),
         neuron=load_model("adaptive_lif"),
         xy=load_model("stdp_postpre"),
         normalisation=load_model(str(FIXTURES / "models" / "no_normalisation.yaml")),
-        yy=load_model("competition_stdp").with_parameters(yy_params, "test"),
+        yy=load_model(yy_model).with_parameters(yy_params, "test"),
         samples_per_chunk=1,
         time_per_sample=steps * b2.ms,
     )
@@ -128,18 +128,21 @@ YY_RATES = np.array([[250.0, 1000 / 6, 0, 0]])
 YY_XY = np.array([20.0, 0, 0, 20.0, 0, 0, 0, 0])
 
 
-def test_hand_computed_competition_learning(device, build_root):
+@pytest.mark.parametrize("yy_model", ["competition_stdp", "competition_stdp_decay"])
+def test_hand_computed_competition_learning(device, build_root, yy_model):
     """YY anti-STDP over one sample, every term worked out by hand (traces: tau 20 ms, d = e^(-1/20)).
 
     Synapse 0->1 (pre Y0, post Y1): Y1@6 +A_neg x_src(Y0) = e^-0.1; Y0@8 -A_pos x_tgt(Y1) = e^-0.1;
       @12 both (on_post first): +A_neg, -A_pos; Y0@16 -A_pos e^-0.2; Y1@18 +A_neg e^-0.1.
     Synapse 1->0: Y1@6 -A_pos e^-0.1; Y0@8 +A_neg e^-0.1; @12 +A_neg -A_pos; Y0@16 +A_neg e^-0.2;
       Y1@18 -A_pos e^-0.1.
-    Plus weight_decay subtracted in each of the 20 learning steps; the clamp at 0 never binds here.
+    Plus (competition_stdp_decay) weight_decay subtracted in each of the 20 learning steps; the clamp at 0
+    never binds here.
     """
-    A_pos, A_neg, decay = -0.5, -1.0, 0.001
-    sim = Simulator(_yy_spec({"A_pos": A_pos, "A_neg": A_neg, "weight_decay": decay}), device=device,
-                    build_root=build_root)  # fmt: skip
+    A_pos, A_neg = -0.5, -1.0
+    decay = 0.001 if yy_model.endswith("decay") else 0.0
+    params = {"A_pos": A_pos, "A_neg": A_neg} | ({"weight_decay": decay} if decay else {})
+    sim = Simulator(_yy_spec(params, yy_model=yy_model), device=device, build_root=build_root)
     sim.prepare()
     state = NetworkState(YY_XY.copy(), np.array([-1.0, -1.0]), np.zeros(2))
     out = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
@@ -153,9 +156,11 @@ def test_hand_computed_competition_learning(device, build_root):
 
 
 @pytest.mark.standalone
-def test_competition_clamps_hold_and_locked_projections_do_not_move(build_root):
+@pytest.mark.parametrize("yy_model", ["competition_stdp", "competition_stdp_decay"])
+def test_competition_clamps_hold_and_locked_projections_do_not_move(build_root, yy_model):
     # positive A's drive the weights up: they must stop at c_w_max
-    sim = Simulator(_yy_spec({"A_pos": 2.0, "A_neg": 3.0, "c_w_min": -1.5, "c_w_max": -0.5}), build_root=build_root)
+    params = {"A_pos": 2.0, "A_neg": 3.0, "c_w_min": -1.5, "c_w_max": -0.5}
+    sim = Simulator(_yy_spec(params, yy_model=yy_model), build_root=build_root)
     sim.prepare()
     state = NetworkState(YY_XY.copy(), np.array([-1.0, -1.2]), np.zeros(2))
     learned = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
@@ -167,3 +172,20 @@ def test_competition_clamps_hold_and_locked_projections_do_not_move(build_root):
     np.testing.assert_array_equal(locked.state.yy_w, state.yy_w)
     np.testing.assert_array_equal(locked.state.xy_w, state.xy_w)
     assert locked.state.theta.min() > 0
+
+
+@pytest.mark.standalone
+def test_all_pairs_learn_within_the_sample_and_are_masked_after_it(build_root):
+    """yy_pairs "all" (the thesis's dense matrix): pairs 0->0, 0->1, 1->0, 1->1. The competing pairs learn
+    as above; the self pairs learn too (their input falls in the refractory period) and are zeroed after
+    the sample."""
+    A_pos, A_neg = -0.5, -1.0
+    sim = Simulator(_yy_spec({"A_pos": A_pos, "A_neg": A_neg}, yy_pairs="all"), build_root=build_root)
+    sim.prepare()
+    state = NetworkState(YY_XY.copy(), np.array([0.0, -1.0, -1.0, 0.0]), np.zeros(2))
+    out = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
+    assert out.counts.tolist() == [[4, 3]]
+    e1, e2 = E(-0.1), E(-0.2)
+    w01 = -1 + A_neg * (e1 + 1 + e1) - A_pos * (e1 + 1 + e2)
+    w10 = -1 + A_neg * (e1 + 1 + e2) - A_pos * (e1 + 1 + e1)
+    np.testing.assert_allclose(out.state.yy_w, [0.0, w01, w10, 0.0], rtol=0, atol=1e-12)

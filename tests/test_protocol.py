@@ -151,7 +151,7 @@ def test_partial_section_is_merged_with_defaults(tmp_path):
     assert p["simulation"]["time_per_sample"] == "250 ms"
     assert p["simulation"]["device"] == "cpp_standalone"
     assert p["network"] == {"architecture": "LC", "n_filters": 100, "kernel_size": 8, "stride": 4,
-                            "mean_weight": 0.4, "c_w": -100.0, "yy_init": "constant"}
+                            "mean_weight": 0.4, "c_w": -100.0, "yy_init": "constant", "yy_pairs": "competition"}
     assert p.geometry.n_neurons == 1600
 
 
