@@ -42,7 +42,14 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
 
     sub.add_parser("doctor", help="check the environment: compiler, Brian2, numpy, a tiny C++ build, CUDA")
+    for module in _command_modules():
+        module.register(sub)  # each adds its sub-commands with set_defaults(handler=function(args) -> int)
     return parser
+
+
+def _command_modules():
+    """Modules that add sub-commands of their own (runs in the results folder, figures)."""
+    return []
 
 
 def _load(args):
@@ -82,9 +89,12 @@ def main(argv=None) -> int:
     from .data import DataError
     from .models import ModelError
     from .protocol import ProtocolError
+    from .results import RunError
     from .simulation import DeviceError
 
     try:
+        if hasattr(args, "handler"):
+            return args.handler(args)
         if args.command == "doctor":
             from .doctor import run_doctor
 
@@ -108,7 +118,7 @@ def main(argv=None) -> int:
         _print_scores(run_dir)
         print(run_dir)
         return 0
-    except (ProtocolError, ModelError, DataError, DeviceError) as err:
+    except (ProtocolError, ModelError, DataError, DeviceError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["default_results_root", "new_run_dir", "write_json", "write_npz", "write_text", "read_json"]
+__all__ = ["RunError", "default_results_root", "new_run_dir", "write_json", "write_npz", "write_text", "read_json"]
+
+
+class RunError(ValueError):
+    """A run or results folder that cannot be used as asked (unknown run id, ...); one line for the user."""
 
 
 def default_results_root() -> Path:
