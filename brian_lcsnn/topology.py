@@ -13,8 +13,9 @@ import numpy as np
 
 __all__ = ["ARCHITECTURES", "YY_PAIRS", "GeometryError", "Geometry", "local_pairs", "competition_pairs", "competing"]
 
-#: LC: locally connected (own weights at every location).
-ARCHITECTURES = ("LC",)
+#: LC: locally connected (own weights at every location); FC: fully connected (one location whose
+#: receptive field is the whole crop: kernel_size == crop).
+ARCHITECTURES = ("LC", "FC")
 YY_PAIRS = ("competition", "all")
 
 
@@ -37,7 +38,7 @@ class Geometry:
     n_filters : int
         Channels per location.
     architecture : str
-        ``"LC"``.
+        ``"LC"`` or ``"FC"`` (``kernel_size`` must then equal ``crop``).
     yy_pairs : str
         ``"competition"``: YY synapses between different channels at the same location (default);
         ``"all"``: every ordered Y pair, self included, as the thesis code's dense YY matrix (learned
@@ -62,6 +63,8 @@ class Geometry:
             raise GeometryError(f"yy_pairs must be one of {', '.join(YY_PAIRS)}, got {self.yy_pairs!r}")
         if self.kernel_size > self.crop:
             raise GeometryError(f"kernel_size {self.kernel_size} is larger than the crop {self.crop}")
+        if self.architecture == "FC" and self.kernel_size != self.crop:
+            raise GeometryError(f"an FC network sees the whole crop: kernel_size must be {self.crop}, got {self.kernel_size}")
 
     @property
     def side(self) -> int:
