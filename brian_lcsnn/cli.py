@@ -49,7 +49,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _command_modules():
     """Modules that add sub-commands of their own (runs in the results folder, figures)."""
-    return []
+    from . import figures
+
+    return [figures]
 
 
 def _load(args):

@@ -22,8 +22,11 @@ logger = logging.getLogger(__name__)
 MODEL_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
     "input": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
     "neuron": {"required": ("equations", "threshold"), "optional": ("step", "reset", "sample_start")},
-    "synapse": {"required": ("equations", "on_pre"), "optional": ("on_post", "first_step_end", "step_end", "transmit")},
-    "normalisation": {"required": ("target_equations", "synapse_equations", "sample_end"), "optional": ()},
+    "synapse": {
+        "required": ("equations", "on_pre"),
+        "optional": ("on_post", "first_step_end", "step_end", "transmit", "kernel_equations", "kernel_step_end"),
+    },
+    "normalisation": {"required": ("target_equations", "synapse_equations", "sample_end"), "optional": ("kernel_equations",)},
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

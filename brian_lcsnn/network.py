@@ -76,9 +76,15 @@ class BuiltNetwork:
     XY: b2.Synapses
     YY: b2.Synapses
     spikes: b2.SpikeMonitor
+    kernels: b2.NeuronGroup | None  # C networks: the shared kernels (XY weights link into them)
     stimulus: b2.TimedArray  # (samples_per_chunk + 1, n_inputs) rates; the last row is the silent extra step
     learning_schedule: b2.TimedArray  # (samples_per_chunk + 1,) 1 for training samples
     rng: b2.NeuronGroup  # holds the seed of the random generator of a run
+
+    @property
+    def xy_weights(self):
+        """The group whose ``w`` is the learnable XY state (the kernels of a C network, else the synapses)."""
+        return self.kernels if self.kernels is not None else self.XY
 
 
 class _NamedClock(b2.Clock):
@@ -146,9 +152,13 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
     _group_code(spec.input, X, "step", "X_step", when="groups", order=1)
     _group_code(spec.input, X, "sample_start", "X_sample_start", clock=sample_clock, when="start")
 
+    shared = g.architecture == "C"
+    y_equations = b2.Equations(spec.neuron.section("equations"))
+    if not shared:
+        y_equations += b2.Equations(spec.normalisation.section("target_equations"))
     Y = b2.NeuronGroup(
         g.n_neurons,
-        b2.Equations(spec.neuron.section("equations")) + b2.Equations(spec.normalisation.section("target_equations")),
+        y_equations,
         threshold=spec.neuron.section("threshold"),
         reset=spec.neuron.section("reset"),
         method="exact",
@@ -161,14 +171,21 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
     # which samples learn is data of the run, not of the model
     Y.run_regularly("learning = learning_schedule(t)", clock=sample_clock, when="start", name="Y_learning")
 
-    XY = _synapses(spec.xy, X, Y,
-                   b2.Equations(spec.xy.section("equations")) + b2.Equations(spec.normalisation.section("synapse_equations")),
-                   g.xy_condition(), "XY", step_clock, sample_clock)  # fmt: skip
-    # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
-    for updater in XY.summed_updaters.values():
-        updater._clock = sample_clock
-    XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
-                     name="XY_normalise")  # fmt: skip
+    if shared:
+        kernels = _kernels(spec, learning_schedule, step_clock, sample_clock)
+        xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations("kernel_index : integer (constant)")
+        XY = _synapses(spec.xy, X, Y, xy_equations, g.xy_condition(), "XY", step_clock, sample_clock)
+        XY.kernel_index = g.kernel_index_expression()
+        XY.w = b2.linked_var(kernels.group, "w", index="kernel_index")
+    else:
+        kernels = None
+        xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations(spec.normalisation.section("synapse_equations"))
+        XY = _synapses(spec.xy, X, Y, xy_equations, g.xy_condition(), "XY", step_clock, sample_clock)
+        # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
+        for updater in XY.summed_updaters.values():
+            updater._clock = sample_clock
+        XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
+                         name="XY_normalise")  # fmt: skip
     yy_equations = b2.Equations(spec.yy.section("equations"))
     if g.yy_pairs == "all":
         yy_equations += b2.Equations("competing : boolean (constant)")
@@ -183,6 +200,38 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
     rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")
-    network = b2.Network(X, Y, XY, YY, spikes, rng)
+    network = b2.Network(X, Y, XY, YY, spikes, rng, *(kernels.contained if kernels is not None else ()))
     network.schedule = SCHEDULE
-    return BuiltNetwork(spec, network, X, Y, XY, YY, spikes, stimulus, learning_schedule, rng)
+    return BuiltNetwork(spec, network, X, Y, XY, YY, spikes, kernels.group if kernels is not None else None,
+                        stimulus, learning_schedule, rng)  # fmt: skip
+
+
+@dataclass
+class _Kernels:
+    group: b2.NeuronGroup
+    contained: tuple
+
+
+def _kernels(spec: NetworkSpec, learning_schedule, step_clock, sample_clock) -> _Kernels:
+    """The shared kernels of a C network, clamped every step and normalised per channel every sample."""
+    g = spec.geometry
+    kk = g.kernel_size**2
+    group = b2.NeuronGroup(
+        g.n_filters * kk,
+        b2.Equations(spec.xy.section("kernel_equations")) + b2.Equations(spec.normalisation.section("kernel_equations")),
+        namespace={**spec.xy.parameters, "learning_schedule": learning_schedule},
+        clock=step_clock,
+        name="kernels",
+    )
+    group.run_regularly("learning = learning_schedule(t)", clock=sample_clock, when="start", name="kernels_learning")
+    # after every synapse's increments of the step (pathways -1, 1), before the spikes are transmitted (3)
+    group.run_regularly(spec.xy.section("kernel_step_end"), when="synapses", order=2, name="kernels_step_end")
+    channels = b2.NeuronGroup(g.n_filters, spec.normalisation.section("target_equations"), clock=sample_clock,
+                              name="channels")  # fmt: skip
+    sums = b2.Synapses(group, channels, spec.normalisation.section("synapse_equations"), clock=sample_clock,
+                       name="kernel_sums")  # fmt: skip
+    sums.connect(j=f"i // {kk}")
+    group.w_total = b2.linked_var(channels, "w_total", index=np.arange(g.n_filters * kk) // kk)
+    group.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
+                        name="kernels_normalise")  # fmt: skip
+    return _Kernels(group, (group, channels, sums))

@@ -322,6 +322,13 @@ def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protoc
         models = protocol.model_files()  # every model file exists, parses, and takes the overrides
     except ModelError as err:
         raise ProtocolError(str(err)) from None
+    shared = protocol.data["network"]["architecture"] == "C"
+    for role in ("xy", "normalisation"):
+        if shared != ("kernel_equations" in models[role].sections):
+            need = "a shared-kernel" if shared else "a per-synapse"
+            hint = "stdp_postpre_shared / normalise_kernel" if shared else "stdp_postpre / normalise_incoming"
+            raise ProtocolError(f"{path}: models.{role}: a {protocol.data['network']['architecture']} network needs "
+                                f"{need} model ({hint}), got {models[role].path.name}")  # fmt: skip
     _resolve_learning(protocol.data["phases"], {"XY": models["xy"], "YY": models["yy"]}, path)
     return protocol
 

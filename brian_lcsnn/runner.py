@@ -20,7 +20,7 @@ from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
 from .results import new_run_dir, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
-from .topology import competing, competition_pairs, local_pairs
+from .topology import competing, competition_pairs, kernel_index, local_pairs
 
 __all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
 
@@ -79,7 +79,7 @@ def initial_state(protocol: Protocol, seed_seq: np.random.SeedSequence) -> Netwo
     g = protocol.geometry
     net = protocol["network"]
     rng = np.random.default_rng(seed_seq)
-    xy_w = rng.random(g.n_xy)
+    xy_w = rng.random(g.n_xy_parameters)  # per synapse, or per kernel entry (C)
     c_w = float(net["c_w"])
     yy_w = rng.random(g.n_yy) * c_w if net["yy_init"] == "uniform" else np.full(g.n_yy, c_w)
     yy_w[~competing(g, *competition_pairs(g))] = 0.0  # with yy_pairs "all": only competing pairs start nonzero
@@ -259,8 +259,12 @@ def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState
     xy_i, xy_j = local_pairs(geometry)  # the build's synapse order (checked by the tests)
     yy_i, yy_j = competition_pairs(geometry)
     path = run_dir / "state.npz" if phase is None else run_dir / "states" / f"{phase}.npz"
-    write_npz(path, xy_w=state.xy_w, xy_i=xy_i, xy_j=xy_j, yy_w=state.yy_w, yy_i=yy_i, yy_j=yy_j,
-              theta=state.theta)  # fmt: skip
+    xy_w, extra = state.xy_w, {}
+    if geometry.architecture == "C":  # every synapse's weight is its kernel entry
+        xy_w = state.xy_w[kernel_index(geometry)]
+        extra["kernels"] = state.xy_w.reshape(geometry.n_filters, geometry.kernel_size, geometry.kernel_size)
+    write_npz(path, xy_w=xy_w, xy_i=xy_i, xy_j=xy_j, yy_w=state.yy_w, yy_i=yy_i, yy_j=yy_j, theta=state.theta,
+              **extra)  # fmt: skip
     weights = state.yy_w[competing(geometry, yy_i, yy_j)]
     if len(weights):
         counts, edges = np.histogram(weights, bins=50)

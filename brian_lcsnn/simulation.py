@@ -62,6 +62,7 @@ class ChunkResult:
     counts: np.ndarray  # (n_samples, n_neurons) spike counts of Y
     state: NetworkState
     seconds: float  # wall time of the run, process start and I/O included
+    synapse_w: np.ndarray | None = None  # XY weight of every synapse as the build sees it (when asked)
 
 
 def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sample: int, dt) -> np.ndarray:
@@ -109,15 +110,15 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict[str, float]:
-    """The ``plastic`` gate of every projection whose model has one (1: learns in training samples)."""
+def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict:
+    """The ``plastic`` gate of every group whose model has one (1: learns in training samples)."""
     flags = {}
-    for name in ("XY", "YY"):
-        has_gate = "plastic" in getattr(built, name).variables
-        if plastic.get(name) and not has_gate:
+    for name, groups in (("XY", (built.XY, built.kernels)), ("YY", (built.YY,))):
+        gated = [g for g in groups if g is not None and "plastic" in g.variables]
+        if plastic.get(name) and not gated:
             raise ValueError(f"projection {name} cannot learn: its model has no 'plastic' variable")
-        if has_gate:
-            flags[name] = float(bool(plastic.get(name)))
+        for group in gated:
+            flags[group] = float(bool(plastic.get(name)))
     return flags
 
 
@@ -215,14 +216,15 @@ class Simulator:
         return stim, schedule
 
     def run_chunk(self, rates: np.ndarray, learning: np.ndarray, state: NetworkState, *, seed: int,
-                  plastic: dict[str, bool], norm_target: float) -> ChunkResult:  # fmt: skip
+                  plastic: dict[str, bool], norm_target: float, read_synapses: bool = False) -> ChunkResult:  # fmt: skip
         """Present ``len(rates)`` samples (rates in Hz, (n, n_inputs)) and return counts and new state.
 
         ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on);
-        ``plastic`` which projections (``"XY"``, ``"YY"``) learn in those samples.
+        ``plastic`` which projections (``"XY"``, ``"YY"``) learn in those samples. ``read_synapses`` also
+        returns every XY synapse's weight as the build reads it (for C: through its link into the kernels).
         """
         if self.device_name == "runtime":
-            return self._run_runtime(rates, learning, state, seed, plastic, norm_target)
+            return self._run_runtime(rates, learning, state, seed, plastic, norm_target, read_synapses)
         if self.built is None:
             self.prepare()
         b = self.built
@@ -230,21 +232,21 @@ class Simulator:
         run_args = {
             b.stimulus: stim * b2.Hz,
             b.learning_schedule: schedule,
-            b.XY.w: state.xy_w,
+            b.xy_weights.w: state.xy_w,
             b.YY.w: state.yy_w,
             b.Y.theta: state.theta * b2.volt,
-            b.XY.norm_target: float(norm_target),
+            b.xy_weights.norm_target: float(norm_target),
             b.rng.seed: int(seed),
         }
-        for name, flag in _plastic_flags(b, plastic).items():
-            run_args[getattr(b, name).plastic] = flag
+        for group, flag in _plastic_flags(b, plastic).items():
+            run_args[group.plastic] = flag
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
         try:
             b2.device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
                           run_args=run_args)  # fmt: skip
             new_state = NetworkState(
-                np.array(b.XY.w[:], dtype=np.float64),
+                np.array(b.xy_weights.w[:], dtype=np.float64),
                 np.array(b.YY.w[:], dtype=np.float64),
                 np.array(b.Y.theta_[:], dtype=np.float64),
             )
@@ -252,34 +254,36 @@ class Simulator:
                                   self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
             if self._indices is None:
                 self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
+            synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
             for name in b2.device.run_args_arrays:
                 for path in (self.build_dir / "static_arrays" / name, self.build_dir / "static_arrays" / f"{name}.lock"):
                     path.unlink(missing_ok=True)
-        return ChunkResult(counts, new_state, time.perf_counter() - start)
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
 
-    def _run_runtime(self, rates, learning, state, seed, plastic, norm_target) -> ChunkResult:
+    def _run_runtime(self, rates, learning, state, seed, plastic, norm_target, read_synapses) -> ChunkResult:
         stim, schedule = self._padded_inputs(rates, learning)
         b2.start_scope()
         b = build_network(self.spec)
         b.stimulus.values[:] = stim
         b.learning_schedule.values[:] = schedule
-        b.XY.w[:] = state.xy_w
+        b.xy_weights.w[:] = state.xy_w
         b.YY.w[:] = state.yy_w
         b.Y.theta[:] = state.theta * b2.volt
-        for name, flag in _plastic_flags(b, plastic).items():
-            getattr(b, name).plastic = flag
-        b.XY.norm_target = float(norm_target)
+        for group, flag in _plastic_flags(b, plastic).items():
+            group.plastic = flag
+        b.xy_weights.norm_target = float(norm_target)
         b2.seed(int(seed))
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})
         self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
-        new_state = NetworkState(np.array(b.XY.w[:], dtype=np.float64), np.array(b.YY.w[:], dtype=np.float64),
+        new_state = NetworkState(np.array(b.xy_weights.w[:], dtype=np.float64), np.array(b.YY.w[:], dtype=np.float64),
                                  np.array(b.Y.theta_[:], dtype=np.float64))  # fmt: skip
         counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                               self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
-        return ChunkResult(counts, new_state, time.perf_counter() - start)
+        synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
 
     def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""

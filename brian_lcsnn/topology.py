@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "YY_PAIRS", "GeometryError", "Geometry", "local_pairs", "competition_pairs", "competing"]
+__all__ = ["ARCHITECTURES", "YY_PAIRS", "GeometryError", "Geometry", "local_pairs", "kernel_index", "competition_pairs",
+           "competing"]
 
-#: LC: locally connected (own weights at every location); FC: fully connected (one location whose
-#: receptive field is the whole crop: kernel_size == crop).
-ARCHITECTURES = ("LC", "FC")
+#: LC: locally connected (own weights at every location); C: convolution (one kernel per channel, shared by
+#: every location); FC: fully connected (one location whose receptive field is the whole crop).
+ARCHITECTURES = ("LC", "C", "FC")
 YY_PAIRS = ("competition", "all")
 
 
@@ -38,7 +39,7 @@ class Geometry:
     n_filters : int
         Channels per location.
     architecture : str
-        ``"LC"`` or ``"FC"`` (``kernel_size`` must then equal ``crop``).
+        ``"LC"``, ``"C"`` or ``"FC"`` (``kernel_size`` must then equal ``crop``).
     yy_pairs : str
         ``"competition"``: YY synapses between different channels at the same location (default);
         ``"all"``: every ordered Y pair, self included, as the thesis code's dense YY matrix (learned
@@ -100,8 +101,13 @@ class Geometry:
 
     @property
     def n_xy_parameters(self) -> int:
-        """Learnable XY weights (LC: one per synapse)."""
-        return self.n_xy
+        """Learnable XY weights: one per synapse (LC, FC), one kernel of k x k per channel (C)."""
+        return self.n_filters * self.kernel_size**2 if self.architecture == "C" else self.n_xy
+
+    def kernel_index_expression(self) -> str:
+        """For synapse (i, j): its entry in the kernels, ``f * k^2 + (row - row0) * k + (col - col0)``."""
+        c, s, k, n, L = self.crop, self.stride, self.kernel_size, self.side, self.n_locations
+        return f"(j // {L}) * {k * k} + ((i // {c}) - ((j % {L}) // {n}) * {s}) * {k} + ((i % {c}) - ((j % {L}) % {n}) * {s})"
 
     def sizes(self) -> dict[str, int]:
         """The size report: neurons, synapses and learnable parameters."""
@@ -145,6 +151,14 @@ def local_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     inside = (r >= row0) & (r < row0 + k) & (q >= col0) & (q < col0 + k)
     i, j = np.nonzero(inside)
     return i.astype(np.int32), j.astype(np.int32)
+
+
+def kernel_index(geometry: Geometry) -> np.ndarray:
+    """The kernel entry of every XY synapse, in `local_pairs` order (numpy twin of kernel_index_expression)."""
+    i, j = local_pairs(geometry)
+    k, c, s, n, L = geometry.kernel_size, geometry.crop, geometry.stride, geometry.side, geometry.n_locations
+    loc = j % L
+    return ((j // L) * k * k + (i // c - (loc // n) * s) * k + (i % c - (loc % n) * s)).astype(np.int32)
 
 
 def competition_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import brian2 as b2
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec
 from brian_lcsnn.simulation import NetworkState, Simulator
-from brian_lcsnn.topology import Geometry, competition_pairs, local_pairs
+from brian_lcsnn.topology import Geometry, competition_pairs, kernel_index, local_pairs
 
 from .conftest import FIXTURES
 from .thesis_reference import simulate
@@ -16,11 +16,14 @@ E = np.exp
 
 
 def _spec(geometry, *, samples_per_chunk, steps, neuron=None, xy=None, normalisation="normalise_incoming"):
+    conv = geometry.architecture == "C"
+    if conv and normalisation == "normalise_incoming":
+        normalisation = "normalise_kernel"
     return NetworkSpec(
         geometry=geometry,
         input=load_model("input_regular"),
         neuron=load_model("adaptive_lif").with_parameters(neuron or {}, "test"),
-        xy=load_model("stdp_postpre").with_parameters(xy or {}, "test"),
+        xy=load_model("stdp_postpre_shared" if conv else "stdp_postpre").with_parameters(xy or {}, "test"),
         normalisation=load_model(normalisation),
         yy=load_model("competition_fixed"),
         samples_per_chunk=samples_per_chunk,
@@ -70,9 +73,13 @@ def test_hand_computed_neuron_and_stdp(device, build_root):
     np.testing.assert_array_equal(frozen.state.theta, learned.state.theta)
 
 
-def test_matches_numpy_statement_of_the_thesis(build_root):
-    """A small LC network with competition, normalisation and learning across two chunks, then evaluation."""
-    geometry = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3)
+@pytest.mark.parametrize("architecture", ["LC", "C"])
+def test_matches_numpy_statement_of_the_thesis(build_root, architecture):
+    """A small network with competition, normalisation and learning across two chunks, then evaluation.
+
+    For C, the numpy statement sums every location's PostPre update into the shared kernel entry, then
+    clamps once (the thesis's conv rule): matching it shows the kernel update is the sum over locations."""
+    geometry = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3, architecture=architecture)
     steps = 60
     spec = _spec(geometry, samples_per_chunk=3, steps=steps)
     sim = Simulator(spec, build_root=build_root)
@@ -81,15 +88,24 @@ def test_matches_numpy_statement_of_the_thesis(build_root):
     rates = rng.integers(0, 256, size=(9, geometry.n_inputs)) / 255 * 127.5
     learning = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=float)
     norm_target = 1.6 * geometry.kernel_size**2
-    state = NetworkState(rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons))
+    state = NetworkState(rng.random(geometry.n_xy_parameters), np.full(geometry.n_yy, -5.0),
+                         np.zeros(geometry.n_neurons))  # fmt: skip
 
     counts = []
     for lo in range(0, 9, 3):
         out = sim.run_chunk(rates[lo : lo + 3], learning[lo : lo + 3], state, seed=1, plastic={"XY": True},
-                            norm_target=norm_target)  # fmt: skip
+                            norm_target=norm_target, read_synapses=True)  # fmt: skip
         counts.append(out.counts)
         state = out.state
     counts = np.concatenate(counts)
+    if architecture == "C":
+        # every synapse reads its kernel entry: all locations of a channel hold the same k x k array
+        per_location = np.zeros((geometry.n_filters, geometry.n_locations, geometry.kernel_size**2))
+        i, j = local_pairs(geometry)
+        kidx = kernel_index(geometry)
+        per_location[j // geometry.n_locations, j % geometry.n_locations, kidx % geometry.kernel_size**2] = out.synapse_w
+        assert np.all(per_location == per_location[:, :1, :])
+        np.testing.assert_array_equal(per_location[:, 0, :].ravel(), state.xy_w)
 
     ref_counts, ref_w, ref_theta = simulate(geometry, rates, learning, *_initial(geometry, rng_seed=7),
                                             norm_target=norm_target, steps=steps)  # fmt: skip
@@ -105,7 +121,7 @@ def test_matches_numpy_statement_of_the_thesis(build_root):
 def _initial(geometry, rng_seed):
     rng = np.random.default_rng(rng_seed)
     rng.integers(0, 256, size=(9, geometry.n_inputs))
-    return rng.random(geometry.n_xy), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons)
+    return rng.random(geometry.n_xy_parameters), np.full(geometry.n_yy, -5.0), np.zeros(geometry.n_neurons)
 
 
 def _yy_spec(yy_params, steps=20, yy_model="competition_stdp", yy_pairs="competition"):

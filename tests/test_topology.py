@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from brian_lcsnn.topology import ARCHITECTURES, Geometry, GeometryError, competition_pairs, local_pairs
+from brian_lcsnn.topology import ARCHITECTURES, Geometry, GeometryError, competition_pairs, kernel_index, local_pairs
 
 pytestmark = pytest.mark.codegen_independent
 
@@ -301,3 +301,53 @@ def test_yy_condition_with_python_and():
     assert not eval_condition_scalar(condition, 3, 3)
     assert not eval_condition_scalar(condition, 3, 4)
     assert not eval_condition_scalar(condition, 3, 20)
+
+
+# ---------------------------------------------------------------- C and FC networks (thesis table rows)
+
+
+@pytest.mark.parametrize(
+    "n_filters, kernel, neurons, xy_parameters, yy, total",
+    [
+        # C: n k^2 + c^2 n (n - 1), the English paper's corrected count (thesis-spec.md section 4.5)
+        (169, 12, 1521, 24_336, 255_528, 279_864),
+        (81, 12, 729, 11_664, 58_320, 69_984),
+        (100, 8, 1600, 6_400, 158_400, 164_800),
+        (25, 12, 225, 3_600, 5_400, 9_000),
+        (25, 8, 400, 1_600, 9_600, 11_200),
+    ],
+)
+def test_convolution_sizes(n_filters, kernel, neurons, xy_parameters, yy, total):
+    g = Geometry(crop=20, kernel_size=kernel, stride=4, n_filters=n_filters, architecture="C")
+    sizes = g.sizes()
+    assert sizes["y_neurons"] == neurons
+    assert sizes["xy_synapses"] == neurons * kernel**2  # every location has its synapses; they share weights
+    assert sizes["xy_parameters"] == xy_parameters
+    assert sizes["yy_synapses"] == yy
+    assert sizes["total_parameters"] == total
+
+
+def test_fully_connected_sizes_and_geometry():
+    g = Geometry(crop=20, kernel_size=20, stride=4, n_filters=100, architecture="FC")
+    assert g.sizes() == {"x_neurons": 400, "y_neurons": 100, "locations": 1, "xy_synapses": 40_000,
+                         "xy_parameters": 40_000, "yy_synapses": 9_900, "total_parameters": 49_900}
+    i, j = local_pairs(g)
+    assert len(i) == 40_000 and set(np.bincount(j)) == {400}
+    with pytest.raises(GeometryError, match="kernel_size must be 20"):
+        Geometry(crop=20, kernel_size=12, stride=4, n_filters=100, architecture="FC")
+
+
+def test_kernel_index_maps_every_location_onto_the_same_kernel():
+    g = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3, architecture="C")
+    i, j = local_pairs(g)
+    kidx = kernel_index(g)
+    # each channel's synapses cover its k x k kernel once per location
+    for f in range(3):
+        mine = j // g.n_locations == f
+        assert np.all(np.bincount(kidx[mine] - f * 16, minlength=16) == g.n_locations)
+    # hand-checked: channel 1, location 4 (row 1, col 1 -> rows/cols 2..5), pixel (3, 5) -> kernel (1, 3)
+    sel = (j == 1 * 9 + 4) & (i == 3 * 8 + 5)
+    assert kidx[sel].tolist() == [16 + 1 * 4 + 3]
+    # the Brian2 expression computes the same numbers
+    expr = g.kernel_index_expression()
+    assert np.array_equal(eval(expr, {}, {"i": i.astype(np.int64), "j": j.astype(np.int64)}), kidx)

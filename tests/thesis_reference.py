@@ -6,7 +6,7 @@ over time steps, BindsNET's order. Used only by the tests.
 
 import numpy as np
 
-from brian_lcsnn.topology import competition_pairs, local_pairs
+from brian_lcsnn.topology import competition_pairs, kernel_index, local_pairs
 
 
 def regular_spikes(rates_hz: np.ndarray, steps: int) -> np.ndarray:
@@ -21,8 +21,18 @@ def regular_spikes(rates_hz: np.ndarray, steps: int) -> np.ndarray:
 
 def simulate(geometry, rates, learning, xy_w, yy_w, theta, *, norm_target, refractory_steps=2, wmax=1.0,
              steps=250, normalise=True):  # fmt: skip
-    """Run samples one after the other; returns (counts, xy_w, theta) with xy_w in synapse (pre-major) order."""
+    """Run samples one after the other; returns (counts, xy_w, theta) with xy_w in synapse (pre-major) order.
+
+    For a C network (``geometry.architecture == "C"``) ``xy_w`` holds the kernels (F * k * k), the update of a
+    kernel entry in a step is the sum of the PostPre updates of every synapse that uses it, then one clamp
+    (the thesis's conv rule), and the normalisation is per kernel; the kernels are returned.
+    """
     i, j = local_pairs(geometry)
+    conv = geometry.architecture == "C"
+    if conv:
+        kidx = kernel_index(geometry)
+        kernels = np.asarray(xy_w, dtype=float).copy()
+        xy_w = kernels[kidx]
     yi, yj = competition_pairs(geometry)
     W = np.zeros((geometry.n_inputs, geometry.n_neurons))
     W[i, j] = xy_w
@@ -36,7 +46,16 @@ def simulate(geometry, rates, learning, xy_w, yy_w, theta, *, norm_target, refra
     counts = np.zeros((len(rates), geometry.n_neurons), dtype=int)
 
     def normalised(W):
-        return W * norm_target / W.sum(axis=0) if normalise else W
+        if not normalise:
+            return W
+        if conv:
+            k2 = geometry.kernel_size**2
+            per_channel = kernels.reshape(geometry.n_filters, k2)
+            kernels[:] = (per_channel * norm_target / per_channel.sum(axis=1, keepdims=True)).ravel()
+            W = np.zeros_like(W)
+            W[i, j] = kernels[kidx]
+            return W
+        return W * norm_target / W.sum(axis=0)
 
     W = normalised(W)  # at creation
     for n, (sample_rates, learn) in enumerate(zip(rates, learning, strict=True)):
@@ -63,9 +82,13 @@ def simulate(geometry, rates, learning, xy_w, yy_w, theta, *, norm_target, refra
             x_tgt = x_tgt * decay_y
             x_tgt[s_y] = 1.0
             counts[n] += s_y
-            if learn:
+            if learn and conv:
+                dW = -1e-4 * np.outer(s_x, x_tgt) + 1e-2 * np.outer(x_src, s_y)
+                kernels[:] = np.clip(kernels + np.bincount(kidx, weights=dW[i, j], minlength=len(kernels)), 0, wmax)
+                W[i, j] = kernels[kidx]
+            elif learn:
                 W = W - 1e-4 * np.outer(s_x, x_tgt) + 1e-2 * np.outer(x_src, s_y)
                 W = np.clip(W, 0, wmax) * mask
             inp = s_x @ W + s_y @ C
         W = normalised(W)
-    return counts, W[i, j], theta
+    return counts, (kernels if conv else W[i, j]), theta

@@ -1,0 +1,446 @@
+"""Figures of a finished run, drawn from its stored files only (never simulates): ``lcsnn plot RUN_DIR``.
+
+Each figure of `FIGURES` reads what the run directory holds (state, votes, spike counts, scores) and is
+written to ``<run>/figures/<name>.<fmt>``; a figure whose data is absent (no test counts, a competition
+that did not learn, ...) is skipped with a logged note. The thesis's figures (thesis-spec.md section 8) not
+available yet, because a run does not store their data: learning curves (accuracy vs training samples),
+voltage traces (``plot_neuron_voltage``, best voters' voltages), input images (``plot_image``, ``feed_label``),
+spike rasters with spike times (only per-sample counts are stored) and the competition overlaid on XY.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import readout
+from .results import RunError, read_json
+from .topology import Geometry, competing, local_pairs
+
+__all__ = ["FIGURES", "FORMATS", "MissingData", "StoredRun", "load_stored_run", "plot_run", "register",
+           "tile_lc_weights", "top_n_accuracies"]  # fmt: skip
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("png", "svg", "pdf")
+CMAP = "YlOrBr"
+BAR = "#cc4c02"  # the dark orange of YlOrBr, for bars and lines
+ACCENT = "#662506"
+
+
+class MissingData(LookupError):
+    """The run directory lacks what a figure needs; the figure is skipped."""
+
+
+@dataclass
+class StoredRun:
+    """A finished (or partial) run directory, read lazily."""
+
+    path: Path
+    info: dict
+    protocol: dict
+    scores: dict
+    geometry: Geometry
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _npz(self, rel: str) -> dict:
+        if rel not in self._cache:
+            file = self.path / rel
+            if not file.is_file():
+                raise MissingData(f"no {rel}")
+            with np.load(file, allow_pickle=False) as data:
+                self._cache[rel] = {key: data[key] for key in data.files}
+        return self._cache[rel]
+
+    @property
+    def test_phase(self) -> str:
+        """The first test phase: the first of scores.json, else of the protocol."""
+        tests = [p["name"] for p in self.protocol.get("phases", []) if p.get("type") == "test" and "name" in p]
+        return next(iter(self.scores), tests[0] if tests else "test")
+
+    def state(self, phase: str | None = None) -> dict:
+        """``state.npz`` (or ``states/<phase>.npz``): xy_w, xy_i, xy_j, yy_w, yy_i, yy_j, theta (volt)."""
+        return self._npz("state.npz" if phase is None else f"states/{phase}.npz")
+
+    def votes(self) -> np.ndarray:
+        """Votes, shape (10, F, L)."""
+        votes = self._npz("readout/votes.npz")["votes"]
+        g = self.geometry
+        if votes.shape[1:] != (g.n_filters, g.n_locations):
+            raise RunError(f"{self.path}: votes of shape {votes.shape}, expected (10, {g.n_filters}, {g.n_locations})")
+        return votes
+
+    def counts(self, phase: str | None = None) -> dict:
+        """Spike counts of an evaluation phase (default: the test phase) as (n, F, L), labels, image_indices."""
+        data = dict(self._npz(f"counts/{phase or self.test_phase}.npz"))
+        g = self.geometry
+        if data["counts"].ndim != 2 or data["counts"].shape[1] != g.n_neurons:
+            raise RunError(f"{self.path}: counts have shape {data['counts'].shape}, expected (n, {g.n_neurons})")
+        data["counts"] = data["counts"].reshape(len(data["counts"]), g.n_filters, g.n_locations)
+        return data
+
+
+def load_stored_run(path) -> StoredRun:
+    """Read a run directory's run.json, protocol.yaml and scores.json (the arrays are loaded on demand)."""
+    path = Path(path)
+    if not (path / "run.json").is_file() or not (path / "protocol.yaml").is_file():
+        raise RunError(f"{path}: not a run directory (no run.json and protocol.yaml)")
+    protocol = yaml.safe_load((path / "protocol.yaml").read_text())
+    net, crop = protocol["network"], protocol["dataset"]["crop"]
+    geometry = Geometry(crop=crop, kernel_size=net["kernel_size"], stride=net["stride"], n_filters=net["n_filters"],
+                        architecture=net.get("architecture", "LC"),
+                        yy_pairs=net.get("yy_pairs", "competition"))  # fmt: skip
+    scores = read_json(path / "scores.json") if (path / "scores.json").is_file() else {}
+    return StoredRun(path, read_json(path / "run.json"), protocol, scores, geometry)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def tile_lc_weights(xy_w, geometry: Geometry, pre=None, post=None) -> np.ndarray:
+    """XY weights as one image, as the thesis draws LC (bindsnet ``reshape_locally_connected_weights``).
+
+    Location ``(row, col)`` is a block of ``ceil(sqrt F) x ceil(sqrt F)`` kernels (filter f at grid position
+    ``(f // grid, f % grid)``), each kernel ``k x k`` in input orientation; blocks are tiled ``side x side``.
+    Grid slots without a filter are NaN. ``pre``/``post`` default to `local_pairs` (the stored synapse order).
+    """
+    g = geometry
+    if pre is None or post is None:
+        pre, post = local_pairs(g)
+    xy_w, pre, post = np.asarray(xy_w, dtype=float), np.asarray(pre), np.asarray(post)
+    if not len(xy_w) == len(pre) == len(post) == g.n_xy:
+        raise ValueError(f"expected {g.n_xy} XY weights with indices, got {len(xy_w)}, {len(pre)}, {len(post)}")
+    k, grid = g.kernel_size, math.isqrt(g.n_filters - 1) + 1
+    f, loc = post // g.n_locations, post % g.n_locations
+    loc_row, loc_col = loc // g.side, loc % g.side
+    r, c = pre // g.crop - loc_row * g.stride, pre % g.crop - loc_col * g.stride
+    if np.any((r < 0) | (r >= k) | (c < 0) | (c >= k)):
+        raise ValueError("an XY synapse lies outside its neuron's receptive field")
+    block = grid * k
+    image = np.full((g.side * block, g.side * block), np.nan)
+    image[loc_row * block + (f // grid) * k + r, loc_col * block + (f % grid) * k + c] = xy_w
+    return image
+
+
+def _readout(run: StoredRun):
+    """Test counts, labels, votes, the best voting method and its predictions (cached)."""
+    if "readout" not in run._cache:
+        data, votes = run.counts(), run.votes()
+        counts, labels = data["counts"], data["labels"].astype(np.int64)
+        scores = run.scores.get(run.test_phase) or readout.evaluate(counts, labels, votes)
+        method, _ = readout.best_voting(scores)
+        pred = readout.predict(readout.voting_scores(counts, votes, method), counts)
+        run._cache["readout"] = counts, labels, votes, method, pred
+    return run._cache["readout"]
+
+
+def top_n_accuracies(run: StoredRun) -> dict[int, dict]:
+    """Top-n voting (`readout.top_n_votes`, then patch voting) on the test counts, n = 1..10."""
+    counts, labels, votes, _, _ = _readout(run)
+    ns = range(1, len(votes) + 1)
+    scores = readout.evaluate(counts, labels, votes, top_n=ns)
+    return {n: scores[f"top_{n}"] for n in ns}
+
+
+def _competition_weights(run: StoredRun) -> np.ndarray:
+    try:
+        return run._npz("competition/final.npz")["weights"]
+    except MissingData:
+        s = run.state()
+        return s["yy_w"][competing(run.geometry, s["yy_i"], s["yy_j"])]
+
+
+def _learned_competition(run: StoredRun) -> np.ndarray:
+    w = _competition_weights(run)
+    if w.size == 0:
+        raise MissingData("no competing YY pairs (one filter)")
+    if np.ptp(w) == 0:
+        raise MissingData(f"the competition did not learn (every YY weight is {w[0]:g})")
+    return w
+
+
+@contextmanager
+def _style():
+    """One look for every figure: seaborn's ticks style, YlOrBr images, constrained layout."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    rc = {**sns.axes_style("ticks"), **sns.plotting_context("notebook", font_scale=0.85), "image.cmap": CMAP,
+          "axes.titlesize": 10, "figure.constrained_layout.use": True, "savefig.dpi": 150}  # fmt: skip
+    with mpl.rc_context(rc):
+        yield
+
+
+def _colourbar(fig, image, ax, label):
+    fig.colorbar(image, ax=ax, shrink=0.85).set_label(label)
+
+
+def _method_title(method: str) -> str:
+    return method.replace("_", " ")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def weights_xy(run: StoredRun, fig) -> None:
+    g, s = run.geometry, run.state()
+    image = tile_lc_weights(s["xy_w"], g, s["xy_i"], s["xy_j"])
+    k, block = g.kernel_size, (math.isqrt(g.n_filters - 1) + 1) * g.kernel_size
+    shared = g.architecture == "C"  # one kernel per channel, the same at every location: draw one location
+    image = image[:block, :block] if shared else image
+    size = float(np.clip(len(image) / 45, 5, 11))
+    fig.set_size_inches(size + 1.5, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(image, cmap=CMAP, vmin=0, interpolation="nearest")
+    for edge in range(k, len(image), k):  # thin lines between kernels, darker ones between locations
+        major = edge % block == 0
+        style = {"color": "0.25" if major else "white", "lw": 1.0 if major else 0.3}
+        ax.axhline(edge - 0.5, **style), ax.axvline(edge - 0.5, **style)
+    where = "kernels shared by every location" if shared else f"{g.side} x {g.side} locations (stride {g.stride} px)"
+    ax.set(xticks=[], yticks=[], xlabel=where,
+           ylabel=f"per location {g.n_filters} kernels of {k} x {k} input pixels")  # fmt: skip
+    ax.set_title(f"XY weights after training: {g.architecture} {g.n_filters} filters, kernel {k}, crop {g.crop}")
+    _colourbar(fig, im, ax, "XY weight (dimensionless; a spike adds w·w_psp)")
+
+
+def weights_yy(run: StoredRun, fig) -> None:
+    _learned_competition(run)
+    g, s = run.geometry, run.state()
+    n_loc = min(g.n_locations, max(1, 1000 // g.n_filters))  # at most ~1000 neurons drawn
+    shown = n_loc * g.n_filters
+
+    def order(j):  # location-major: the competing pairs form F x F blocks on the diagonal
+        return (j % g.n_locations) * g.n_filters + j // g.n_locations
+
+    i, j = order(s["yy_i"]), order(s["yy_j"])
+    keep = (i < shown) & (j < shown)
+    matrix = np.full((shown, shown), np.nan)
+    matrix[i[keep], j[keep]] = s["yy_w"][keep]
+    fig.set_size_inches(7.5, 6)
+    ax = fig.add_subplot()
+    im = ax.imshow(matrix, cmap=CMAP + "_r", interpolation="nearest")
+    part = "" if n_loc == g.n_locations else f" (first {n_loc} of {g.n_locations} locations)"
+    ax.set_title(f"Learned YY competition weights{part}; blank: no synapse")
+    ax.set(xlabel="postsynaptic Y neuron (location-major: loc·F + f)", ylabel="presynaptic Y neuron (loc·F + f)")
+    _colourbar(fig, im, ax, "YY weight (a spike adds w·w_psp; negative: inhibition)")
+
+
+def competition_histogram(run: StoredRun, fig) -> None:
+    w = _learned_competition(run)
+    fig.set_size_inches(7, 4.5)
+    ax = fig.add_subplot()
+    ax.hist(w, bins=50, color=BAR, edgecolor="white", lw=0.3)
+    c_w = run.protocol.get("network", {}).get("c_w")
+    if c_w is not None:
+        ax.axvline(float(c_w), color=ACCENT, ls="--", lw=1, label=f"c_w = {c_w}")
+        ax.legend(frameon=False)
+    ax.set(xlabel="YY weight between competing neurons (dimensionless)", ylabel="number of synapses")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Distribution of the {w.size} learned competition weights (different filters, same location)")
+
+
+def votes(run: StoredRun, fig) -> None:
+    v = run.votes()
+    g = run.geometry
+    fig.set_size_inches(11, 4)
+    ax = fig.add_subplot()
+    im = ax.imshow(v.reshape(len(v), -1), aspect="auto", cmap=CMAP, interpolation="nearest")
+    ax.set(yticks=range(len(v)), xlabel=f"Y neuron j = f·{g.n_locations} + location", ylabel="label")
+    ax.set_title(f"Votes: mean spike count of each of the {g.n_neurons} Y neurons per calibration label")
+    _colourbar(fig, im, ax, "mean spikes per sample")
+
+
+def votes_distribution(run: StoredRun, fig) -> None:
+    v = run.votes()
+    per_neuron = v.reshape(len(v), -1).T
+    per_neuron = -np.sort(-per_neuron[per_neuron.any(axis=1)], axis=1)  # each neuron's votes, best class first
+    if not len(per_neuron):
+        raise MissingData("no neuron spiked during calibration")
+    mean, low, high = per_neuron.mean(axis=0), per_neuron.min(axis=0), per_neuron.max(axis=0)
+    ranks = np.arange(1, len(mean) + 1)
+    fig.set_size_inches(7, 4.5)
+    ax = fig.add_subplot()
+    ax.bar(ranks, mean, color=BAR, yerr=[mean - low, high - mean], capsize=3, ecolor=ACCENT)
+    ax.set(xticks=ranks, xlabel="class rank for the neuron (1: its best class)", ylabel="vote (mean spikes per sample)")
+    ax.set_title(f"Votes sorted per neuron: mean over {len(per_neuron)} neurons that spiked, bars min to max")
+
+
+def accuracy_per_label(run: StoredRun, fig) -> None:
+    _, labels, votes_, method, pred = _readout(run)
+    classes = np.arange(len(votes_))
+    n = np.array([(labels == c).sum() for c in classes])
+    acc = np.array([np.mean(pred[labels == c] == c) if k else np.nan for c, k in zip(classes, n, strict=True)])
+    err = np.sqrt(acc * (1 - acc) / np.maximum(n, 1))
+    fig.set_size_inches(7, 4.5)
+    ax = fig.add_subplot()
+    ax.bar(classes, acc, yerr=err, color=BAR, capsize=3, ecolor=ACCENT)
+    ax.axhline(np.mean(pred == labels), color=ACCENT, ls="--", lw=1, label="all labels")
+    ax.set(xticks=classes, ylim=(0, 1.05), xlabel="true label", ylabel="test accuracy (± binomial s.e.)")
+    ax.legend(frameon=False, loc="lower right")
+    ax.set_title(f"Test accuracy per label, {_method_title(method)} (best voting rule), n = {len(labels)}")
+
+
+def confusion(run: StoredRun, fig) -> None:
+    import seaborn as sns
+
+    _, labels, votes_, method, pred = _readout(run)
+    n_classes = len(votes_)
+    none = bool((pred < 0).any())
+    cols = np.where(pred < 0, n_classes, pred)
+    matrix = np.zeros((n_classes, n_classes + none))
+    np.add.at(matrix, (labels, cols), 1)
+    matrix /= np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig.set_size_inches(8.5 if none else 8, 6.5)
+    ax = fig.add_subplot()
+    sns.heatmap(matrix, ax=ax, cmap=CMAP, vmin=0, vmax=1, annot=True, fmt=".2f", annot_kws={"size": 7},
+                xticklabels=[*map(str, range(n_classes)), *(["none"] if none else [])],
+                cbar_kws={"label": "fraction of the true label's test samples"})  # fmt: skip
+    ax.set(xlabel="predicted label (none: no Y spike or no vote)", ylabel="true label")
+    ax.set_title(f"Confusion matrix, {_method_title(method)} (best voting rule), rows normalised")
+
+
+def accuracy_top_n(run: StoredRun, fig) -> None:
+    acc = top_n_accuracies(run)
+    ns = np.array(list(acc))
+    fig.set_size_inches(7, 4.5)
+    ax = fig.add_subplot()
+    ax.errorbar(ns, [acc[n]["accuracy"] for n in ns], yerr=[acc[n]["error"] for n in ns], color=BAR, marker="o",
+                capsize=3, ecolor=ACCENT)  # fmt: skip
+    ax.set(xticks=ns, xlabel="n: classes each neuron votes for (its n best; n = 10 is patch voting)",
+           ylabel="test accuracy (± binomial s.e.)")  # fmt: skip
+    ax.set_title(f"Top-n patch voting on the stored test counts (n = {acc[ns[0]]['n']} samples)")
+
+
+def scores(run: StoredRun, fig) -> None:
+    if not run.scores:
+        raise MissingData("no scores.json")
+    phases = list(run.scores)
+    methods = list(dict.fromkeys(m for p in phases for m in run.scores[p]))
+    fig.set_size_inches(7.5, 1.2 + 0.45 * len(methods) * len(phases))
+    ax = fig.add_subplot()
+    height = 0.8 / len(phases)
+    for k, phase in enumerate(phases):
+        ys = [i + k * height for i, m in enumerate(methods) if m in run.scores[phase]]
+        entries = [run.scores[phase][m] for m in methods if m in run.scores[phase]]
+        acc = [e["accuracy"] for e in entries]
+        bars = ax.barh(ys, acc, height=height * 0.9, xerr=[e["error"] for e in entries], capsize=3, ecolor="0.2",
+                       color=(BAR, ACCENT, "#fe9929", "#993404")[k % 4],
+                       label=f"{phase} (n = {entries[0]['n']})")  # fmt: skip
+        ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], padding=14, fontsize=8)
+    ax.set(yticks=np.arange(len(methods)) + 0.4 - height / 2, yticklabels=methods, xlim=(0, 1.1),
+           xlabel="test accuracy (± binomial s.e.)")  # fmt: skip
+    ax.invert_yaxis()
+    if len(phases) > 1:
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
+    n = "" if len(phases) > 1 else f" (n = {next(iter(run.scores[phases[0]].values()))['n']})"
+    ax.set_title(f"Test accuracy of every readout{n}: {run.info.get('name', run.path.name)}")
+
+
+def spikes_best(run: StoredRun, fig) -> None:
+    counts, labels, votes_, method, pred = _readout(run)
+    shown = min(100, len(counts))
+    c = counts[:shown].astype(float)
+    weight = np.where(pred[:shown, None, None] >= 0, votes_[np.maximum(pred[:shown], 0)], 1.0)  # (n, F, L)
+    best = np.argmax(c * weight, axis=1)  # the patch-voting winner of each location (most spikes if no vote)
+    image = np.take_along_axis(c, best[:, None, :], axis=1)[:, 0, :].T  # (L, n)
+    fig.set_size_inches(11, 2.2 + 0.25 * len(image))
+    ax = fig.add_subplot()
+    im = ax.imshow(image, aspect="auto", cmap=CMAP, interpolation="nearest", vmin=0)
+    wrong = np.flatnonzero(pred[:shown] != labels[:shown])
+    ax.plot(wrong, np.full(len(wrong), -0.9), "v", color="crimson", ms=4, clip_on=False, label="misclassified")
+    ax.set_ylim(len(image) - 0.5, -1.3)
+    ax.set(xlabel="test sample", ylabel="location (row·side + col)")
+    ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1, 1))
+    ax.set_title(f"Spikes of the best-voting neuron per location ({_method_title(method)}), first {shown} test "
+                 "samples\n(counts per sample: spike times are not stored)", loc="left")  # fmt: skip
+    time = run.protocol.get("simulation", {}).get("time_per_sample", "one sample")
+    _colourbar(fig, im, ax, f"spikes in {time}")
+
+
+def theta(run: StoredRun, fig) -> None:
+    th = run.state()["theta"] * 1e3  # stored in volt
+    if not np.any(th):
+        raise MissingData("every adaptive threshold is 0 (no training)")
+    fig.set_size_inches(7, 4.5)
+    ax = fig.add_subplot()
+    ax.hist(th, bins=40, color=BAR, edgecolor="white", lw=0.3)
+    ax.set(xlabel="adaptive threshold θ (mV)", ylabel="number of Y neurons")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Adaptive thresholds of the {th.size} Y neurons after training (mean {th.mean():.1f} mV)")
+
+
+#: Every figure, name -> function(run, fig) drawing into a matplotlib Figure (raises MissingData to be skipped).
+FIGURES = {f.__name__: f for f in (weights_xy, weights_yy, competition_histogram, votes, votes_distribution,
+                                   accuracy_per_label, confusion, accuracy_top_n, scores, spikes_best,
+                                   theta)}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Path]:
+    """Write the named figures (default: all) to ``<run>/figures/<name>.<fmt>``; returns the written paths.
+
+    Figures whose data the run lacks are skipped with a note (a warning when asked for by name).
+    """
+    from matplotlib.figure import Figure
+
+    unknown = [n for n in names or () if n not in FIGURES]
+    if unknown:
+        raise RunError(f"unknown figure {', '.join(map(repr, unknown))}; known: {', '.join(FIGURES)}")
+    if fmt not in FORMATS:
+        raise RunError(f"unknown figure format {fmt!r}; known: {', '.join(FORMATS)}")
+    run = load_stored_run(path)
+    out_dir = run.path / "figures"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name in names or FIGURES:
+        with _style():
+            fig = Figure()
+            try:
+                FIGURES[name](run, fig)
+            except MissingData as why:
+                logger.log(logging.WARNING if names else logging.INFO, "figure %s skipped: %s", name, why)
+                continue
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt)
+        target = out_dir / f"{name}.{fmt}"
+        _write_bytes(target, buf.getvalue())
+        written.append(target)
+    return written
+
+
+def _plot_command(args) -> int:
+    for written in plot_run(args.run_dir, args.figures, args.format):
+        print(written)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``lcsnn plot RUN_DIR [--figure NAME ...] [--format png|svg|pdf]``."""
+    plot = subparsers.add_parser("plot", help="draw a run's figures from its stored files (no simulation)")
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    plot.add_argument("--figure", dest="figures", action="append", metavar="NAME",
+                      help=f"a figure to draw (repeatable; default: all): {', '.join(FIGURES)}")  # fmt: skip
+    plot.add_argument("--format", choices=FORMATS, default="png", help="file format (default: png)")
+    plot.set_defaults(handler=_plot_command)

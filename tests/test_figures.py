@@ -1,0 +1,211 @@
+"""Tests of brian_lcsnn.figures: every figure from a tiny fake run directory, the LC weight tiling, the CLI."""
+
+import argparse
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from brian_lcsnn import figures
+from brian_lcsnn.figures import FIGURES, load_stored_run, plot_run, register, tile_lc_weights, top_n_accuracies
+from brian_lcsnn.results import RunError
+from brian_lcsnn.topology import ARCHITECTURES, Geometry, competing, competition_pairs, local_pairs
+
+pytestmark = pytest.mark.codegen_independent
+
+GEOMETRY = Geometry(crop=8, kernel_size=4, stride=2, n_filters=4)  # side 3, 9 locations, 36 Y neurons
+N_TEST = 30
+REAL_RUNS = [Path("/tmp/proto/yy/results"), Path("/tmp/proto/results")]
+
+
+def _patch_voting_accuracy(counts, labels, votes):
+    """Patch voting written out sample by sample (independent of brian_lcsnn.readout)."""
+    correct = 0
+    for s, label in zip(counts, labels, strict=True):
+        scores = np.array([sum(max(s[f, loc] * v[f, loc] for f in range(s.shape[0])) for loc in range(s.shape[1]))
+                           for v in votes])  # fmt: skip
+        silent = not s.any() or not scores.any()
+        correct += (not silent) and int(np.argmax(scores)) == label
+    return correct / len(labels)
+
+
+def _write_npz(path: Path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A run directory with consistent shapes and deterministic random data (learned YY, some silent samples)."""
+    g, rng = GEOMETRY, np.random.default_rng(7)
+    run = tmp_path / "20260101-000000-fake-abcdef"
+    run.mkdir()
+    protocol = {"name": "fake", "seed": 1, "dataset": {"name": "mnist", "crop": g.crop},
+                "network": {"architecture": "LC", "n_filters": g.n_filters, "kernel_size": g.kernel_size,
+                            "stride": g.stride, "c_w": -100, "yy_pairs": "competition"},
+                "simulation": {"time_per_sample": "250 ms"},
+                "phases": [{"type": "train", "name": "train", "n": 10},
+                           {"type": "calibrate", "name": "calibrate", "n": 40},
+                           {"type": "test", "name": "test", "n": N_TEST}]}  # fmt: skip
+    (run / "protocol.yaml").write_text(yaml.safe_dump(protocol))
+    (run / "run.json").write_text(json.dumps({"id": run.name, "name": "fake", "status": "finished"}))
+    xy_i, xy_j = local_pairs(g)
+    yy_i, yy_j = competition_pairs(g)
+    yy_w = -rng.uniform(0, 200, len(yy_i))
+    _write_npz(run / "state.npz", xy_w=rng.random(g.n_xy), xy_i=xy_i, xy_j=xy_j, yy_w=yy_w, yy_i=yy_i, yy_j=yy_j,
+               theta=rng.uniform(0, 0.05, g.n_neurons))  # fmt: skip
+    weights = yy_w[competing(g, yy_i, yy_j)]
+    hist, edges = np.histogram(weights, bins=50)
+    _write_npz(run / "competition" / "final.npz", weights=weights, counts=hist, edges=edges)
+    votes = rng.gamma(0.5, 1.0, (10, g.n_filters, g.n_locations))
+    votes[:, 0, 0] = 0.0  # a neuron that never spiked in calibration
+    _write_npz(run / "readout" / "votes.npz", votes=votes)
+    counts = rng.poisson(0.4, (N_TEST, g.n_neurons)).astype(np.uint16)
+    counts[[3, 17]] = 0  # samples without any Y spike: the confusion matrix gets a "none" column
+    labels = (np.arange(N_TEST) % 10).astype(np.uint8)
+    _write_npz(run / "counts" / "test.npz", counts=counts, labels=labels, image_indices=np.arange(N_TEST))
+    shaped = counts.reshape(N_TEST, g.n_filters, g.n_locations)
+    acc = _patch_voting_accuracy(shaped, labels, votes)
+    entry = {"accuracy": acc, "error": float(np.sqrt(acc * (1 - acc) / N_TEST)), "n": N_TEST, "no_spike": 2}
+    scores = {"test": {"patch_voting": entry, "all_voting": {**entry, "accuracy": acc / 2},
+                       "spikes_first": {**entry, "accuracy": acc / 3},
+                       "linear": {**entry, "accuracy": 0.5}}}  # fmt: skip
+    (run / "scores.json").write_text(json.dumps(scores))
+    return run
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_pngs(paths):
+    for path in paths:
+        assert path.stat().st_size > 5000, path.name
+        width, height = _png_size(path)
+        assert 300 <= width <= 4000 and 200 <= height <= 4000, (path.name, width, height)
+
+
+def test_every_figure_writes_a_png(fake_run):
+    paths = plot_run(fake_run)
+    assert [p.name for p in paths] == [f"{name}.png" for name in FIGURES]
+    assert all(p.parent == fake_run / "figures" for p in paths)
+    _check_pngs(paths)
+
+
+def test_named_figures_and_other_formats(fake_run):
+    (svg,) = plot_run(fake_run, ["confusion"], fmt="svg")
+    assert svg.name == "confusion.svg" and b"<svg" in svg.read_bytes()[:500]
+    (pdf,) = plot_run(fake_run, ["theta"], fmt="pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_figures_without_their_data_are_skipped(fake_run, caplog):
+    state = dict(np.load(fake_run / "state.npz"))
+    state["yy_w"][:] = -100.0  # a competition that did not learn
+    np.savez_compressed(fake_run / "state.npz", **state)
+    (fake_run / "competition" / "final.npz").unlink()
+    (fake_run / "counts" / "test.npz").unlink()
+    with caplog.at_level("WARNING", logger="brian_lcsnn.figures"):
+        paths = plot_run(fake_run, ["weights_yy", "competition_histogram", "confusion", "theta"])
+    assert [p.name for p in paths] == ["theta.png"]
+    assert "did not learn" in caplog.text and "counts/test.npz" in caplog.text
+
+
+def test_unknown_figure_is_a_run_error(fake_run):
+    with pytest.raises(RunError, match="unknown figure 'nope'"):
+        plot_run(fake_run, ["votes", "nope"])
+    with pytest.raises(RunError, match="not a run directory"):
+        plot_run(fake_run / "figures")
+
+
+def test_top_n_at_10_is_the_stored_patch_voting(fake_run):
+    run = load_stored_run(fake_run)
+    acc = top_n_accuracies(run)
+    assert list(acc) == list(range(1, 11))
+    assert acc[10]["accuracy"] == pytest.approx(run.scores["test"]["patch_voting"]["accuracy"])
+    assert figures._readout(run)[3] == "patch_voting"  # the best voting rule of scores.json
+
+
+def test_stored_run_shapes(fake_run):
+    run = load_stored_run(fake_run)
+    assert run.geometry == GEOMETRY and run.test_phase == "test"
+    assert run.counts()["counts"].shape == (N_TEST, 4, 9)
+    assert run.votes().shape == (10, 4, 9)
+    assert run.state()["xy_w"].shape == (GEOMETRY.n_xy,)
+
+
+def test_tile_lc_weights_puts_a_weight_where_the_thesis_draws_it():
+    g = GEOMETRY  # 2 x 2 grid of 4 x 4 kernels per location: blocks of 8 pixels, image 24 x 24
+    pre, post = local_pairs(g)
+    # filter 3, location 5 = (row 1, col 2); kernel pixel (1, 2) is input pixel (1*2 + 1, 2*2 + 2) = (3, 6)
+    j, i = 3 * g.n_locations + 5, 3 * g.crop + 6
+    w = np.zeros(g.n_xy)
+    w[(pre == i) & (post == j)] = 7.0
+    image = tile_lc_weights(w, g)
+    assert image.shape == (24, 24)
+    # row = loc_row * 8 + (f // 2) * 4 + 1 = 13, col = loc_col * 8 + (f % 2) * 4 + 2 = 22
+    assert image[13, 22] == 7.0 and np.count_nonzero(image) == 1
+    # any synapse order: the indices travel with the weights
+    perm = np.random.default_rng(0).permutation(g.n_xy)
+    assert np.array_equal(tile_lc_weights(w[perm], g, pre[perm], post[perm]), image)
+
+
+def test_tile_lc_weights_leaves_empty_grid_slots_blank():
+    g = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3)  # ceil(sqrt 3) = 2: one empty slot per location
+    image = tile_lc_weights(np.arange(g.n_xy, dtype=float) + 1, g)
+    assert image.shape == (24, 24)
+    assert np.isnan(image).sum() == g.n_locations * 16
+    assert np.isnan(image[4:8, 4:8]).all() and np.isnan(image[12:16, 12:16]).all()  # slot (1, 1) of locations 0, 4
+    assert not np.isnan(image[0:4, 0:8]).any() and not np.isnan(image[4:8, 0:4]).any()  # filters 0, 1, 2
+    with pytest.raises(ValueError):
+        tile_lc_weights(np.ones(5), g)
+
+
+@pytest.mark.skipif("C" not in ARCHITECTURES, reason="no convolution architecture")
+def test_weights_of_a_convolution_are_drawn_once(fake_run):
+    protocol = yaml.safe_load((fake_run / "protocol.yaml").read_text())
+    protocol["network"]["architecture"] = "C"
+    (fake_run / "protocol.yaml").write_text(yaml.safe_dump(protocol))
+    (path,) = plot_run(fake_run, ["weights_xy"])
+    _check_pngs([path])
+
+
+def test_plot_command(fake_run, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plot", str(fake_run), "--figure", "votes", "--figure", "scores", "--format", "png"])
+    assert args.handler(args) == 0
+    assert capsys.readouterr().out.split() == [str(fake_run / "figures" / f"{n}.png") for n in ("votes", "scores")]
+    args = parser.parse_args(["plot", str(fake_run), "--figure", "bogus"])
+    with pytest.raises(RunError):
+        args.handler(args)
+
+
+def _real_run():
+    for root in REAL_RUNS:
+        for run in sorted(root.glob("*/scores.json")) if root.is_dir() else ():
+            if (run.parent / "counts" / "test.npz").is_file() and (run.parent / "state.npz").is_file():
+                return run.parent
+    return None
+
+
+@pytest.mark.skipif(_real_run() is None, reason="no finished run under /tmp/proto")
+def test_real_run_all_figures_fast(tmp_path):
+    run = shutil.copytree(_real_run(), tmp_path / _real_run().name)
+    start = time.perf_counter()
+    paths = plot_run(run)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 30, f"{elapsed:.1f} s"
+    assert len(paths) >= len(FIGURES) - 2  # a run with a fixed competition has no YY figures
+    _check_pngs(paths)
+    stored = json.loads((run / "scores.json").read_text())
+    test = next(iter(stored.values()))
+    assert top_n_accuracies(load_stored_run(run))[10]["accuracy"] == pytest.approx(test["patch_voting"]["accuracy"])
