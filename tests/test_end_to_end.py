@@ -128,3 +128,21 @@ def test_learning_a_locked_projection_is_one_line_exit_2(tmp_path, capsys):
     assert main(["check", str(protocol)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "phases[1].learn" in err[0] and "locked" in err[0]
+
+
+def test_convolution_run_stores_one_kernel_per_channel(env, tmp_path, capsys):
+    assert main(["run", str(FIXTURES / "protocols" / "c_tiny.yaml"), "--results", str(tmp_path), "--quiet"]) == 0
+    run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    state = np.load(run_dir / "state.npz")
+    kernels = state["kernels"]
+    assert kernels.shape == (25, 12, 12)
+    np.testing.assert_allclose(kernels.sum(axis=(1, 2)), 0.5 * 144, rtol=1e-9)  # per-kernel normalisation
+    # the per-synapse weights are the kernels at every location
+    f, loc = state["xy_j"] // 9, state["xy_j"] % 9
+    row, col = state["xy_i"] // 20 - (loc // 3) * 4, state["xy_i"] % 20 - (loc % 3) * 4
+    np.testing.assert_array_equal(state["xy_w"], kernels[f, row, col])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["sizes"]["xy_parameters"] == 25 * 144
+    best = max(json.loads((run_dir / "scores.json").read_text())["test"][m]["accuracy"]
+               for m in ("patch_voting", "all_voting", "spikes_first"))
+    assert best > 0.4  # 300 training samples of a 25-kernel C network: far above chance
