@@ -331,7 +331,7 @@ class RunIndex:
         """Remove the run directory ``<root>/<run_id>`` (one with a run.json) and its row; returns its path."""
         path = self.root / run_id
         if run_id and Path(run_id).name == run_id and run_id != ".." and (path / "run.json").is_file():
-            shutil.rmtree(path)
+            path.unlink() if path.is_symlink() else shutil.rmtree(path)  # a linked run: the link only
         elif self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
             raise RunError(f"no run {run_id!r} in {self.root}")
         self._write([], delete=(run_id,))
@@ -438,7 +438,8 @@ def _cmd_show(args) -> int:
     for key in ("sizes", "dataset"):
         if isinstance(info.get(key), dict):
             print(f"{key:>10}: " + ", ".join(f"{k}={v}" for k, v in info[key].items()))
-    for p in info.get("phases") or []:
+    phases = info.get("phases") if isinstance(info.get("phases"), list) else []
+    for p in (p for p in phases if isinstance(p, dict)):
         timing = f" {p['wall_seconds']} s, {p.get('samples_per_second')} samples/s" if "wall_seconds" in p else ""
         what = f"n={p['n']}" if "n" in p else p.get("projection")
         print(f"{'phase':>10}: {p.get('name')} ({p.get('type')}, {what}){timing}")
@@ -458,8 +459,12 @@ def _cmd_delete(args) -> int:
             if not sys.stdin.isatty():
                 print(f"not deleted: {path} (stdin is not a terminal; confirm with --yes)", file=sys.stderr)
                 return 1
-            if input(f"delete {path}? [y/N] ").strip().lower() not in ("y", "yes"):
-                print("not deleted", file=sys.stderr)
+            try:
+                answer = input(f"delete {path}? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"not deleted: {path}", file=sys.stderr)
                 return 1
         index.delete(path.name)
     print(f"deleted {path}")
