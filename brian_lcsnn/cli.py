@@ -34,6 +34,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, help="results folder (default: $BRIAN_LCSNN_RESULTS or ./results)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    resume = sub.add_parser("resume", help="finish an interrupted run from its last checkpoint")
+    resume.add_argument("run", help="the run directory, or a run id in the results folder")
+    resume.add_argument("--results", type=Path, help="results folder (default: $BRIAN_LCSNN_RESULTS or ./results)")
+    resume.add_argument("--device", choices=("cpp_standalone", "runtime", "cuda_standalone"))
+    resume.add_argument("--quiet", action="store_true", help="no progress lines")
+
     check = sub.add_parser("check", help="validate a protocol without running it")
     _protocol_args(check)
 
@@ -49,9 +55,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _command_modules():
     """Modules that add sub-commands of their own (runs in the results folder, figures)."""
-    from . import figures
+    from . import figures, store
 
-    return [figures]
+    return [store, figures]
 
 
 def _load(args):
@@ -92,7 +98,7 @@ def main(argv=None) -> int:
     from .models import ModelError
     from .protocol import ProtocolError
     from .results import RunError
-    from .simulation import DeviceError
+    from .errors import DeviceError
 
     try:
         if hasattr(args, "handler"):
@@ -101,6 +107,19 @@ def main(argv=None) -> int:
             from .doctor import run_doctor
 
             return run_doctor()
+        if args.command == "resume":
+            from .results import default_results_root
+            from .runner import resume_run
+
+            run_dir = Path(args.run)
+            if not run_dir.is_dir():
+                run_dir = (args.results or default_results_root()) / args.run
+            if not (run_dir / "run.json").exists():
+                raise RunError(f"{args.run}: no run directory with a run.json there")
+            run_dir = resume_run(run_dir, device=args.device, progress=not args.quiet)
+            _print_scores(run_dir)
+            print(run_dir)
+            return 0
         protocol = _load(args)
         if args.command == "check":
             print(f"{protocol.path}: ok ({len(protocol['phases'])} phases)")

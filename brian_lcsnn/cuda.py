@@ -4,7 +4,7 @@ brian2cuda 1.0b1 pins brian2 2.10.1 (Python >= 3.12); without it, choosing the C
 error, not a traceback. ``lcsnn doctor`` says what is missing.
 """
 
-from .simulation import DeviceError
+from .errors import DeviceError
 
 try:
     import brian2cuda  # noqa: F401  (registers the cuda_standalone device)

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import brian2 as b2
 import numpy as np
+import yaml
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol
-from .results import new_run_dir, write_json, write_npz, write_text
+from .results import new_run_dir, read_json, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
 
-__all__ = ["run_protocol", "make_simulator", "initial_state", "Progress"]
+__all__ = ["run_protocol", "resume_run", "make_simulator", "initial_state", "Progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,20 +117,27 @@ class PhaseOutcome:
 
 
 def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarray, state: NetworkState,
-               protocol: Protocol, seq: np.random.SeedSequence, progress: bool):  # fmt: skip
+               protocol: Protocol, seq: np.random.SeedSequence, progress: bool, checkpoint=None,
+               resume: dict | None = None):  # fmt: skip
+    """Present a phase's samples chunk by chunk; ``checkpoint(chunk, state, counts)`` runs after each chunk.
+
+    Every random choice (the samples, each chunk's seed) follows from ``seq`` alone, so a phase resumed at a
+    chunk (``resume = {"chunk": c, "counts": counts so far}``) continues exactly as it would have.
+    """
     crop = protocol["dataset"]["crop"]
     intensity = float(parse_quantity(protocol["dataset"]["intensity"]) / b2.Hz)
     rng = np.random.default_rng(seq.spawn(1)[0])
     indices = _sample_indices(phase["sampling"], phase["n"], len(images), rng, f"phase {phase['name']}")
     training = phase["type"] == "train"
     K = sim.spec.samples_per_chunk
-    counts = []
+    first = resume["chunk"] if resume else 0
+    counts = [resume["counts"]] if resume and resume["counts"] is not None and len(resume["counts"]) else []
     meter = Progress(phase["name"], phase["n"], progress)
     start = time.perf_counter()
     sim_seconds = 0.0
     chunk_seeds = seq.spawn((len(indices) + K - 1) // K)
-    for c, lo in enumerate(range(0, len(indices), K)):
-        idx = indices[lo : lo + K]
+    for c in range(first, len(chunk_seeds)):
+        idx = indices[c * K : (c + 1) * K]
         rates = pixel_rates(center_crop(images[idx], crop), intensity)
         result = sim.run_chunk(
             rates,
@@ -143,7 +151,9 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
         sim_seconds += result.seconds
         if not training:
             counts.append(result.counts)
-        meter.update(lo + len(idx))
+        if checkpoint is not None:
+            checkpoint(c + 1, state, np.concatenate(counts) if counts else None)
+        meter.update(c * K + len(idx))
     wall = time.perf_counter() - start
     outcome = PhaseOutcome(np.concatenate(counts) if counts else None, labels[indices], indices, wall, sim_seconds)
     return state, outcome
@@ -154,26 +164,12 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     """Run every phase of ``protocol`` and write a run directory under ``results_root``; returns its path.
 
     Everything that can fail on bad input (data, model equations, compilation) happens before the run
-    directory is created, so a failed start leaves nothing behind.
+    directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
+    samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
-    g = protocol.geometry
-    ds = protocol["dataset"]
-    dataset = load_dataset(ds["name"], ds["path"])
-    sim = make_simulator(protocol, device, build_root)
-    logger.info("preparing %s on %s", protocol.name, sim.device_name)
-    try:
-        compile_seconds = sim.prepare()
-    except DeviceError:
-        raise
-    except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
-        raise ModelError(f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}") from err
-
-    root_seq = np.random.SeedSequence(protocol["seed"])
-    init_seq, *phase_seqs = root_seq.spawn(1 + len(protocol["phases"]))
-    state = initial_state(protocol, init_seq)
-
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
     run_dir = new_run_dir(Path(results_root), protocol.name)
-    write_text(run_dir / "protocol.yaml", protocol.to_yaml())
+    _write_protocol(run_dir, protocol)
     info = {
         "id": run_dir.name,
         "name": protocol.name,
@@ -185,29 +181,112 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "threads": sim.threads,
         "build": {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
                   "prepare_seconds": round(compile_seconds, 3)},  # fmt: skip
-        "sizes": g.sizes(),
+        "sizes": protocol.geometry.sizes(),
         "dataset": {"name": dataset.name, "source": dataset.source},
         "versions": _versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "phases": [],
     }
     write_json(run_dir / "run.json", info)
-    scores, votes, linear = {}, None, None
+    return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint=None)
+
+
+def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, progress: bool = True) -> Path:
+    """Finish an interrupted or failed run from its last checkpoint (a finished run is left as it is)."""
+    from .protocol import load_protocol
+    from .results import RunError
+
+    run_dir = Path(run_dir)
     try:
-        for phase, seq in zip(protocol["phases"], phase_seqs, strict=True):
+        info = read_json(run_dir / "run.json")
+    except (OSError, ValueError) as err:
+        raise RunError(f"{run_dir}: not a readable run directory ({err})") from None
+    if info.get("status") == "finished":
+        return run_dir
+    protocol = load_protocol(run_dir / "protocol.yaml")
+    dataset, sim, _ = _prepare(protocol, device, build_root)
+    checkpoint = _load_checkpoint(run_dir)
+    info["status"] = "running"
+    info["resumed"] = info.get("resumed", 0) + 1
+    info.pop("error", None)
+    return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
+
+
+def _prepare(protocol: Protocol, device, build_root):
+    ds = protocol["dataset"]
+    dataset = load_dataset(ds["name"], ds["path"])
+    sim = make_simulator(protocol, device, build_root)
+    logger.info("preparing %s on %s", protocol.name, sim.device_name)
+    try:
+        compile_seconds = sim.prepare()
+    except DeviceError:
+        raise
+    except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
+        raise ModelError(f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}") from err
+    return dataset, sim, compile_seconds
+
+
+def _write_protocol(run_dir: Path, protocol: Protocol) -> None:
+    """The resolved protocol, with copies of its model files, so that the run directory stands alone."""
+    data = dict(protocol.data)
+    data["models"] = {}
+    for role, model in protocol.model_files().items():
+        write_text(run_dir / "models" / f"{role}.yaml", model.path.read_text())
+        data["models"][role] = f"models/{role}.yaml"
+    write_text(run_dir / "protocol.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def _load_checkpoint(run_dir: Path) -> dict | None:
+    path = run_dir / "checkpoint.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simulator, progress: bool,
+             checkpoint: dict | None) -> Path:  # fmt: skip
+    g = protocol.geometry
+    root_seq = np.random.SeedSequence(protocol["seed"])
+    init_seq, *phase_seqs = root_seq.spawn(1 + len(protocol["phases"]))
+    state = initial_state(protocol, init_seq)
+    done_phases, resume = 0, None
+    if checkpoint is not None:
+        state = NetworkState(checkpoint["xy_w"], checkpoint["yy_w"], checkpoint["theta"])
+        done_phases = int(checkpoint["phase"])
+        counts = checkpoint["counts"] if checkpoint["counts"].size else None
+        resume = {"chunk": int(checkpoint["chunk"]), "counts": counts}
+        info["phases"] = info["phases"][:done_phases]
+    scores = read_json(run_dir / "scores.json") if done_phases and (run_dir / "scores.json").exists() else {}
+    votes, linear = _load_readouts(run_dir) if done_phases else (None, None)
+
+    def save_checkpoint(phase_index, chunk, state, counts):
+        empty = np.zeros((0, g.n_neurons), dtype=np.uint16)
+        write_npz(run_dir / "checkpoint.npz", xy_w=state.xy_w, yy_w=state.yy_w, theta=state.theta,
+                  phase=phase_index, chunk=chunk, counts=empty if counts is None else counts)  # fmt: skip
+
+    try:
+        for k, (phase, seq) in enumerate(zip(protocol["phases"], phase_seqs, strict=True)):
+            if k < done_phases:
+                continue
             if phase["type"] in ("lock", "unlock", "clear"):
                 state = _set_projection(state, phase)
                 if phase["type"] != "unlock":
                     _write_state(run_dir, phase["name"], g, state)
                 info["phases"].append(dict(phase))
+                save_checkpoint(k + 1, 0, state, None)
                 write_json(run_dir / "run.json", info)
                 continue
             images, labels = dataset.split(PHASE_SPLIT[phase["type"]])
-            state, out = _run_phase(sim, phase, images, labels, state, protocol, seq, progress)
+            state, out = _run_phase(
+                sim, phase, images, labels, state, protocol, seq, progress,
+                checkpoint=lambda chunk, st, counts, k=k: save_checkpoint(k, chunk, st, counts),
+                resume=resume if k == done_phases else None,
+            )  # fmt: skip
             if phase["type"] == "train":
                 _write_state(run_dir, phase["name"], g, state)
             record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
-                      "samples_per_second": round(phase["n"] / out.wall_seconds, 2)}  # fmt: skip
+                      "samples_per_second": round(phase["n"] / max(out.wall_seconds, 1e-9), 2)}  # fmt: skip
             if out.counts is not None:
                 write_npz(run_dir / "counts" / f"{phase['name']}.npz", counts=out.counts, labels=out.labels,
                           image_indices=out.indices)  # fmt: skip
@@ -218,6 +297,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
                 t0 = time.perf_counter()
                 votes = readout.compute_votes(shaped, out.labels)
                 write_npz(run_dir / "readout" / "votes.npz", votes=votes)
+                linear = None
                 if protocol["readout"]["linear"]:
                     linear = readout.LinearReadout(protocol["readout"]["linear"], seed=protocol["seed"])
                     linear.fit(shaped, out.labels)
@@ -228,6 +308,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
                                                          top_n=tuple(protocol["readout"]["top_n"]))  # fmt: skip
                 write_json(run_dir / "scores.json", scores)
             info["phases"].append(record)
+            save_checkpoint(k + 1, 0, state, None)
             write_json(run_dir / "run.json", info)
         _write_state(run_dir, None, g, state)
         info["status"] = "finished"
@@ -241,7 +322,18 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     finally:
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(run_dir / "run.json", info)
+    (run_dir / "checkpoint.npz").unlink(missing_ok=True)
     return run_dir
+
+
+def _load_readouts(run_dir: Path):
+    votes_path, linear_path = run_dir / "readout" / "votes.npz", run_dir / "readout" / "linear.npz"
+    votes = np.load(votes_path)["votes"] if votes_path.exists() else None
+    linear = None
+    if linear_path.exists():
+        with np.load(linear_path, allow_pickle=False) as data:
+            linear = readout.LinearReadout.from_arrays({key: data[key] for key in data.files})
+    return votes, linear
 
 
 def _set_projection(state: NetworkState, phase: dict) -> NetworkState:

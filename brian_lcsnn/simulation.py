@@ -26,6 +26,7 @@ from pathlib import Path
 import brian2 as b2
 import numpy as np
 
+from .errors import DeviceError
 from .network import BuiltNetwork, NetworkSpec, build_network
 
 __all__ = ["DeviceError", "DEVICES", "NetworkState", "ChunkResult", "Simulator", "default_build_root", "spike_counts"]
@@ -34,9 +35,6 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("cpp_standalone", "runtime", "cuda_standalone")
 
-
-class DeviceError(RuntimeError):
-    """A device that cannot be used here (e.g. CUDA without brian2cuda); one line saying what is missing."""
 
 
 def default_build_root() -> Path:

@@ -146,3 +146,50 @@ def test_convolution_run_stores_one_kernel_per_channel(env, tmp_path, capsys):
     best = max(json.loads((run_dir / "scores.json").read_text())["test"][m]["accuracy"]
                for m in ("patch_voting", "all_voting", "spikes_first"))
     assert best > 0.4  # 300 training samples of a 25-kernel C network: far above chance
+
+
+def _wait_for_checkpoint(run_root, chunks, proc, timeout=300):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in run_root.glob("*/checkpoint.npz"):
+            try:
+                with np.load(path) as data:
+                    if int(data["phase"]) * 100 + int(data["chunk"]) >= chunks:
+                        return path.parent
+            except (OSError, ValueError, KeyError):
+                pass  # being replaced right now
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.mark.parametrize("kill_at", [1, 101, 202])  # after a training chunk, a calibration chunk, a test chunk
+def test_kill_9_and_resume_gives_the_uninterrupted_result(env, tmp_path, capsys, kill_at):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    argv = ["run", str(TINY), "--quiet", "--set", "simulation.samples_per_chunk=100", "--set", "phases.0.n=300",
+            "--set", "phases.1.n=300", "--set", "phases.2.n=300"]  # fmt: skip
+    whole = tmp_path / "whole"
+    assert main([*argv, "--results", str(whole)]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "brian_lcsnn", *argv, "--results", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        run_dir = _wait_for_checkpoint(killed, kill_at, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    (reference,) = whole.iterdir()
+    assert (run_dir / "scores.json").read_text() == (reference / "scores.json").read_text()
+    np.testing.assert_array_equal(np.load(run_dir / "state.npz")["xy_w"], np.load(reference / "state.npz")["xy_w"])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["resumed"] == 1
+    assert not (run_dir / "checkpoint.npz").exists()

@@ -425,7 +425,7 @@ def test_delete_refuses_without_yes_on_non_tty(several, root, monkeypatch, capsy
     assert "--yes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("answer, rc", [("y\n", 0), ("n\n", 1), ("\n", 1)])
+@pytest.mark.parametrize("answer, rc", [("y\n", 0), ("n\n", 1), ("\n", 1), ("", 1)])  # "": end of input
 def test_delete_asks_on_a_terminal(several, root, monkeypatch, capsys, answer, rc):
     monkeypatch.setattr("sys.stdin", _Stdin(answer, tty=True))
     assert call("delete", "20240103", "--results", root) == rc
