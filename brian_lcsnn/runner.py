@@ -23,7 +23,7 @@ from .results import new_run_dir, read_json, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
 
-__all__ = ["run_protocol", "resume_run", "make_simulator", "initial_state", "Progress"]
+__all__ = ["run_protocol", "resume_run", "make_simulator", "initial_state", "read_state", "Progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +283,7 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 checkpoint=lambda chunk, st, counts, k=k: save_checkpoint(k, chunk, st, counts),
                 resume=resume if k == done_phases else None,
             )  # fmt: skip
-            if phase["type"] == "train":
-                _write_state(run_dir, phase["name"], g, state)
+            _write_state(run_dir, phase["name"], g, state)  # after every phase: a reload starts from any of them
             record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
                       "samples_per_second": round(phase["n"] / max(out.wall_seconds, 1e-9), 2)}  # fmt: skip
             if out.counts is not None:
@@ -344,6 +343,13 @@ def _set_projection(state: NetworkState, phase: dict) -> NetworkState:
     if value is not None:
         getattr(state, attr)[:] = value
     return state
+
+
+def read_state(path: Path, geometry) -> NetworkState:
+    """A state written by `_write_state` (``state.npz`` or ``states/<phase>.npz``)."""
+    with np.load(path, allow_pickle=False) as data:
+        xy_w = data["kernels"].ravel() if geometry.architecture == "C" else data["xy_w"]
+        return NetworkState(np.array(xy_w, dtype=np.float64), np.array(data["yy_w"]), np.array(data["theta"]))
 
 
 def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState) -> None:

@@ -193,3 +193,25 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(env, tmp_path, capsys,
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["resumed"] == 1
     assert not (run_dir / "checkpoint.npz").exists()
+
+
+def test_reloaded_run_reproduces_its_test_scores_and_predicts(env, tmp_path, capsys):
+    from brian_lcsnn.api import load_run
+
+    argv = ["run", str(TINY), "--quiet", "--results", str(tmp_path), "--set", "phases.0.n=200",
+            "--set", "phases.1.n=300", "--set", "phases.2.n=200"]  # fmt: skip
+    assert main(argv) == 0
+    run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
+    run = load_run(run_dir)
+    assert run.state.theta.max() > 0  # the thresholds come back with the weights
+    assert run.rerun("test") == run.scores["test"]
+    fed = run.feed_label(3, seed=0)
+    assert fed["label"] == 3 and fed["counts"].shape == (25, 9) and -1 <= fed["prediction"] <= 9
+    # a dark-on-light PNG of that digit is read back (8-bit PNG rounding: within 1) and inverted
+    import matplotlib.image
+
+    png = tmp_path / "digit.png"
+    matplotlib.image.imsave(png, 255 - fed["image"], cmap="gray", vmin=0, vmax=255)
+    from_png = run.feed_image(png)
+    assert from_png["inverted"] is True
+    assert np.abs(from_png["image"].astype(int) - fed["image"]).max() <= 1

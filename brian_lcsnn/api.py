@@ -1,0 +1,152 @@
+"""Stored runs in Python (notebooks): reload a run, re-run its phases exactly, predict on any images.
+
+    >>> from brian_lcsnn.api import load_run
+    >>> run = load_run("results/20261130-115247-lc100_k12-87457d")
+    >>> run.scores["test"]["patch_voting"]["accuracy"]
+    >>> run.rerun("test")                     # re-simulates the test phase: the stored scores, to the last digit
+    >>> run.feed_label(7)                      # a random calibration-set 7: prediction and Y spike counts
+
+The adaptive thresholds are part of the stored state (the thesis lost them on reloading, 0.823 -> 0.75).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import readout
+from .data import load_dataset
+from .protocol import PHASE_SPLIT, Protocol, load_protocol
+from .results import RunError, read_json
+from .runner import _load_readouts, _prepare, _run_phase, read_state
+from .simulation import NetworkState, Simulator
+
+__all__ = ["LoadedRun", "load_run", "read_png"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_run(path: str | Path, *, device: str | None = None, build_root=None) -> LoadedRun:
+    """Load a finished run directory: protocol, final state, votes, linear readout, scores."""
+    path = Path(path)
+    if not (path / "run.json").exists():
+        raise RunError(f"{path}: not a run directory (no run.json)")
+    protocol = load_protocol(path / "protocol.yaml")
+    state = read_state(path / "state.npz", protocol.geometry)
+    votes, linear = _load_readouts(path)
+    scores = read_json(path / "scores.json") if (path / "scores.json").exists() else {}
+    return LoadedRun(path, protocol, read_json(path / "run.json"), state, votes, linear, scores, device, build_root)
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    protocol: Protocol
+    info: dict
+    state: NetworkState
+    votes: np.ndarray | None
+    linear: readout.LinearReadout | None
+    scores: dict
+    device: str | None = None
+    build_root: Path | None = None
+    _sim: Simulator | None = field(default=None, repr=False)
+    _dataset: object = field(default=None, repr=False)
+
+    def _simulator(self):
+        if self._sim is None:
+            self._dataset, self._sim, _ = _prepare(self.protocol, self.device, self.build_root)
+        return self._sim
+
+    def _phase(self, name: str) -> tuple[int, dict]:
+        for k, phase in enumerate(self.protocol["phases"]):
+            if phase["name"] == name:
+                return k, phase
+        raise RunError(f"{self.path}: no phase named {name!r}")
+
+    def state_before(self, name: str) -> NetworkState:
+        """The state the run had when phase ``name`` started."""
+        k, _ = self._phase(name)
+        if k == 0:
+            raise RunError(f"{name!r} is the first phase: its start state is the random initial state")
+        previous = self.protocol["phases"][k - 1]["name"]
+        return read_state(self.path / "states" / f"{previous}.npz", self.protocol.geometry)
+
+    def rerun(self, name: str = "test") -> dict:
+        """Re-simulate an evaluation phase exactly as the run did it (same samples, same seeds) and score it."""
+        k, phase = self._phase(name)
+        if phase["type"] != "test":
+            raise RunError(f"phase {name!r} is a {phase['type']} phase; rerun takes a test phase")
+        sim = self._simulator()
+        seqs = np.random.SeedSequence(self.protocol["seed"]).spawn(1 + len(self.protocol["phases"]))
+        images, labels = self._dataset.split(PHASE_SPLIT["test"])
+        _, out = _run_phase(sim, phase, images, labels, self.state_before(name), self.protocol, seqs[1 + k],
+                            progress=False)  # fmt: skip
+        g = self.protocol.geometry
+        counts = out.counts.reshape(len(out.counts), g.n_filters, g.n_locations)
+        return readout.evaluate(counts, out.labels, self.votes, self.linear, top_n=tuple(self.protocol["readout"]["top_n"]))
+
+    def counts(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Y spike counts (n, n_filters, n_locations) of the trained, frozen network for uint8 images (n, 28, 28)."""
+        sim = self._simulator()
+        phase = {"type": "test", "name": "predict", "n": len(images), "sampling": "ordered"}
+        _, out = _run_phase(sim, phase, np.asarray(images, dtype=np.uint8), np.zeros(len(images), dtype=np.uint8),
+                            self.state, self.protocol, np.random.SeedSequence(seed), progress=False)  # fmt: skip
+        g = self.protocol.geometry
+        return out.counts.reshape(len(images), g.n_filters, g.n_locations)
+
+    def predict(self, images: np.ndarray, method: str = "patch_voting", seed: int = 0) -> np.ndarray:
+        """Predicted labels (-1: no Y spike) by a voting method or ``"linear"``."""
+        counts = self.counts(images, seed)
+        if method == "linear":
+            if self.linear is None:
+                raise RunError(f"{self.path}: this run has no linear readout")
+            return self.linear.predict(counts)
+        return readout.predict(readout.voting_scores(counts, self.votes, method), counts)
+
+    def feed_label(self, label: int, seed: int | None = None) -> dict:
+        """Present a random calibration-set image of ``label``: the image, the prediction and the Y counts."""
+        images, labels = load_dataset(self.protocol["dataset"]["name"], self.protocol["dataset"]["path"]).split(
+            "calibration"
+        )
+        rng = np.random.default_rng(seed)
+        index = int(rng.choice(np.flatnonzero(labels == label)))
+        return self._feed(images[index : index + 1], {"label": int(label), "image_index": index})
+
+    def feed_image(self, path: str | Path, invert: bool | None = None) -> dict:
+        """Present a PNG (any size; greyscale). ``invert=None`` inverts when the background is light: MNIST
+        digits are light on dark, the thesis's custom images were dark on light."""
+        image = read_png(path)
+        if invert is None:
+            invert = float(np.median(image)) > 127
+        if invert:
+            image = 255 - image
+        return self._feed(image[None], {"path": str(path), "inverted": bool(invert)})
+
+    def _feed(self, image: np.ndarray, extra: dict) -> dict:
+        counts = self.counts(image)
+        scores = readout.voting_scores(counts, self.votes, "patch_voting")
+        prediction = int(readout.predict(scores, counts)[0])
+        per_location_best = counts[0].argmax(axis=0)  # the most active filter at each location
+        return {**extra, "image": image[0], "prediction": prediction, "scores": scores[0], "counts": counts[0],
+                "best_neurons": per_location_best * self.protocol.geometry.n_locations
+                + np.arange(self.protocol.geometry.n_locations)}  # fmt: skip
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A PNG as a 28 x 28 uint8 greyscale image (resized by matplotlib's reader and block averaging)."""
+    import matplotlib.image
+
+    data = matplotlib.image.imread(str(path))
+    if data.ndim == 3:
+        data = data[..., :3].mean(axis=2)
+    data = np.asarray(data, dtype=float)
+    if data.max() <= 1.0:
+        data = data * 255
+    rows = np.linspace(0, data.shape[0], 29).astype(int)
+    cols = np.linspace(0, data.shape[1], 29).astype(int)
+    out = np.array([[data[rows[r] : max(rows[r + 1], rows[r] + 1), cols[c] : max(cols[c + 1], cols[c] + 1)].mean()
+                     for c in range(28)] for r in range(28)])  # fmt: skip
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
