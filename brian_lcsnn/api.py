@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from . import readout
-from .data import load_dataset
+from .data import center_crop, load_dataset, pixel_rates
+from .models import parse_quantity
 from .protocol import PHASE_SPLIT, Protocol, load_protocol
 from .results import RunError, read_json
-from .runner import _load_readouts, _prepare, _run_phase, read_state
+from .runner import _load_readouts, _prepare, _run_phase, make_simulator, read_state
 from .simulation import NetworkState, Simulator
 
 __all__ = ["LoadedRun", "load_run", "read_png"]
@@ -107,13 +108,18 @@ class LoadedRun:
         return readout.predict(readout.voting_scores(counts, self.votes, method), counts)
 
     def feed_label(self, label: int, seed: int | None = None) -> dict:
-        """Present a random calibration-set image of ``label``: the image, the prediction and the Y counts."""
+        """Present a random calibration-set image of ``label``.
+
+        Returns the image, the prediction (patch voting), the scores, the Y spike counts, and for the best voter
+        of each location (the filter contributing most to the predicted class) its index, its XY weights and
+        its voltage at every step (mV). One presentation runs on the runtime device, so it needs no compile.
+        """
         images, labels = load_dataset(self.protocol["dataset"]["name"], self.protocol["dataset"]["path"]).split(
             "calibration"
         )
         rng = np.random.default_rng(seed)
         index = int(rng.choice(np.flatnonzero(labels == label)))
-        return self._feed(images[index : index + 1], {"label": int(label), "image_index": index})
+        return self._feed(images[index : index + 1], {"label": int(label), "image_index": index}, seed or 0)
 
     def feed_image(self, path: str | Path, invert: bool | None = None) -> dict:
         """Present a PNG (any size; greyscale). ``invert=None`` inverts when the background is light: MNIST
@@ -125,14 +131,29 @@ class LoadedRun:
             image = 255 - image
         return self._feed(image[None], {"path": str(path), "inverted": bool(invert)})
 
-    def _feed(self, image: np.ndarray, extra: dict) -> dict:
-        counts = self.counts(image)
+    def _feed(self, image: np.ndarray, extra: dict, seed: int = 0) -> dict:
+        """One presentation on the runtime device (numpy code generation: no compilation), with voltages."""
+        g = self.protocol.geometry
+        sim = make_simulator(self.protocol, "runtime")
+        sim.prepare()
+        intensity_hz = float(parse_quantity(self.protocol["dataset"]["intensity"]) / parse_quantity("1 Hz"))
+        rates = pixel_rates(center_crop(image, self.protocol["dataset"]["crop"]), intensity_hz)
+        out = sim.run_chunk(rates, np.zeros(1), self.state, seed=seed, plastic={},
+                            norm_target=self.protocol["network"]["mean_weight"] * g.kernel_size**2,
+                            record_voltages=True)  # fmt: skip
+        counts = out.counts.reshape(1, g.n_filters, g.n_locations)
         scores = readout.voting_scores(counts, self.votes, "patch_voting")
         prediction = int(readout.predict(scores, counts)[0])
-        per_location_best = counts[0].argmax(axis=0)  # the most active filter at each location
+        # the best voter at each location: the filter whose spikes times votes for the prediction is largest
+        contribution = counts[0] * self.votes[max(prediction, 0)]
+        best = contribution.argmax(axis=0) * g.n_locations + np.arange(g.n_locations)
+        with np.load(self.path / "state.npz") as data:  # per-synapse weights (C: the kernels at every location)
+            xy_w, post = data["xy_w"], data["xy_j"]
+        # pre-major order: a neuron's synapses run row by row through its receptive field
+        weights = np.stack([xy_w[post == neuron].reshape(g.kernel_size, g.kernel_size) for neuron in best])
         return {**extra, "image": image[0], "prediction": prediction, "scores": scores[0], "counts": counts[0],
-                "best_neurons": per_location_best * self.protocol.geometry.n_locations
-                + np.arange(self.protocol.geometry.n_locations)}  # fmt: skip
+                "best_voters": best, "best_voter_weights": weights,
+                "best_voter_voltages_mV": out.voltages[best, : sim.spec.steps_per_sample]}  # fmt: skip
 
 
 def read_png(path: str | Path) -> np.ndarray:

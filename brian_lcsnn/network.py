@@ -80,6 +80,7 @@ class BuiltNetwork:
     stimulus: b2.TimedArray  # (samples_per_chunk + 1, n_inputs) rates; the last row is the silent extra step
     learning_schedule: b2.TimedArray  # (samples_per_chunk + 1,) 1 for training samples
     rng: b2.NeuronGroup  # holds the seed of the random generator of a run
+    voltages: b2.StateMonitor | None = None  # Y's v every step, only when asked (single presentations)
 
     @property
     def xy_weights(self):
@@ -129,8 +130,12 @@ def _group_code(model: ModelFile, group, key: str, name: str, **kwargs):
         group.run_regularly(code, name=name, **kwargs)
 
 
-def build_network(spec: NetworkSpec) -> BuiltNetwork:
-    """Create the groups, synapses and monitors of ``spec`` in the current Brian2 device."""
+def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetwork:
+    """Create the groups, synapses and monitors of ``spec`` in the current Brian2 device.
+
+    ``record_voltages`` adds a monitor of every Y neuron's v (for showing single presentations, not for runs
+    over thousands of samples).
+    """
     g = spec.geometry
     T = spec.time_per_sample
     K = spec.samples_per_chunk
@@ -200,10 +205,13 @@ def build_network(spec: NetworkSpec) -> BuiltNetwork:
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
     rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")
+    voltages = b2.StateMonitor(Y, "v", record=True, name="Y_voltages") if record_voltages else None
     network = b2.Network(X, Y, XY, YY, spikes, rng, *(kernels.contained if kernels is not None else ()))
+    if voltages is not None:
+        network.add(voltages)
     network.schedule = SCHEDULE
     return BuiltNetwork(spec, network, X, Y, XY, YY, spikes, kernels.group if kernels is not None else None,
-                        stimulus, learning_schedule, rng)  # fmt: skip
+                        stimulus, learning_schedule, rng, voltages)  # fmt: skip
 
 
 @dataclass

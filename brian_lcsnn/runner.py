@@ -99,7 +99,7 @@ def _sample_indices(sampling: str, n: int, pool: int, rng: np.random.Generator, 
 
 def _versions() -> dict:
     versions = {"python": platform.python_version()}
-    for dist in ("brian-lcsnn", "brian2", "numpy", "scikit-learn", "pyyaml"):
+    for dist in ("brian-lcsnn", "brian2", "numpy", "scikit-learn", "pyyaml", "pandas", "matplotlib", "seaborn", "sympy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -61,6 +61,7 @@ class ChunkResult:
     state: NetworkState
     seconds: float  # wall time of the run, process start and I/O included
     synapse_w: np.ndarray | None = None  # XY weight of every synapse as the build sees it (when asked)
+    voltages: np.ndarray | None = None  # (n_neurons, steps) Y voltages in mV (runtime device, when asked)
 
 
 def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sample: int, dt) -> np.ndarray:
@@ -214,15 +215,20 @@ class Simulator:
         return stim, schedule
 
     def run_chunk(self, rates: np.ndarray, learning: np.ndarray, state: NetworkState, *, seed: int,
-                  plastic: dict[str, bool], norm_target: float, read_synapses: bool = False) -> ChunkResult:  # fmt: skip
+                  plastic: dict[str, bool], norm_target: float, read_synapses: bool = False,
+                  record_voltages: bool = False) -> ChunkResult:  # fmt: skip
         """Present ``len(rates)`` samples (rates in Hz, (n, n_inputs)) and return counts and new state.
 
         ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on);
         ``plastic`` which projections (``"XY"``, ``"YY"``) learn in those samples. ``read_synapses`` also
-        returns every XY synapse's weight as the build reads it (for C: through its link into the kernels).
+        returns every XY synapse's weight as the build reads it (for C: through its link into the kernels);
+        ``record_voltages`` (runtime device only) every Y neuron's voltage at every step.
         """
         if self.device_name == "runtime":
-            return self._run_runtime(rates, learning, state, seed, plastic, norm_target, read_synapses)
+            return self._run_runtime(rates, learning, state, seed, plastic, norm_target, read_synapses,
+                                     record_voltages)  # fmt: skip
+        if record_voltages:
+            raise ValueError("voltages are recorded on the runtime device only (device='runtime')")
         if self.built is None:
             self.prepare()
         b = self.built
@@ -260,10 +266,11 @@ class Simulator:
                     path.unlink(missing_ok=True)
         return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
 
-    def _run_runtime(self, rates, learning, state, seed, plastic, norm_target, read_synapses) -> ChunkResult:
+    def _run_runtime(self, rates, learning, state, seed, plastic, norm_target, read_synapses,
+                     record_voltages=False) -> ChunkResult:  # fmt: skip
         stim, schedule = self._padded_inputs(rates, learning)
         b2.start_scope()
-        b = build_network(self.spec)
+        b = build_network(self.spec, record_voltages=record_voltages)
         b.stimulus.values[:] = stim
         b.learning_schedule.values[:] = schedule
         b.xy_weights.w[:] = state.xy_w
@@ -281,7 +288,8 @@ class Simulator:
         counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                               self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
         synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
-        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
+        voltages = np.array(b.voltages.v_[:]) * 1e3 if record_voltages else None
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages)
 
     def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""

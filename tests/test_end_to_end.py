@@ -207,6 +207,9 @@ def test_reloaded_run_reproduces_its_test_scores_and_predicts(env, tmp_path, cap
     assert run.rerun("test") == run.scores["test"]
     fed = run.feed_label(3, seed=0)
     assert fed["label"] == 3 and fed["counts"].shape == (25, 9) and -1 <= fed["prediction"] <= 9
+    assert fed["best_voter_weights"].shape == (9, 12, 12) and fed["best_voter_voltages_mV"].shape == (9, 250)
+    v = fed["best_voter_voltages_mV"]
+    assert v.max() < -52 + run.state.theta.max() * 1e3 + 1e-9 and v.min() < -60  # reset after spikes, inhibition
     # a dark-on-light PNG of that digit is read back (8-bit PNG rounding: within 1) and inverted
     import matplotlib.image
 
@@ -215,3 +218,18 @@ def test_reloaded_run_reproduces_its_test_scores_and_predicts(env, tmp_path, cap
     from_png = run.feed_image(png)
     assert from_png["inverted"] is True
     assert np.abs(from_png["image"].astype(int) - fed["image"]).max() <= 1
+
+
+def test_two_runs_at_once_into_one_results_folder(env, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "brian_lcsnn", "run", str(TINY), "--quiet", "--results", str(tmp_path),
+            "--set", "phases.0.n=100", "--set", "phases.1.n=200", "--set", "phases.2.n=100"]  # fmt: skip
+    procs = [subprocess.Popen([*argv, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for seed in (1, 2)]  # fmt: skip
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err.decode()[-500:] for _, err in outputs]
+    assert main(["runs", "--results", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted((r["seed"], r["status"]) for r in listed) == [(1, "finished"), (2, "finished")]
