@@ -23,12 +23,13 @@ from brian_lcsnn.simulation import NetworkState, Simulator
 from brian_lcsnn.topology import Geometry
 
 
-def bench(n_filters: int, n_samples: int, build_root: Path, float_dtype: str, repeat: int) -> dict:
+def bench(n_filters: int, n_samples: int, build_root: Path, float_dtype: str, repeat: int,
+          device: str = "cpp_standalone") -> dict:  # fmt: skip
     geometry = Geometry(20, 12, 4, n_filters)
     spec = NetworkSpec(geometry, load_model("input_thesis"), load_model("adaptive_lif"), load_model("stdp_postpre"),
                        load_model("normalise_incoming"), load_model("competition_fixed"),
                        samples_per_chunk=n_samples)  # fmt: skip
-    sim = Simulator(spec, build_root=build_root, float_dtype=float_dtype)
+    sim = Simulator(spec, device=device, build_root=build_root, float_dtype=float_dtype)
     prepare = sim.prepare()
     images, _ = load_dataset("mnist").split("train")
     rates = pixel_rates(center_crop(images[:n_samples], 20), 127.5)
@@ -42,6 +43,7 @@ def bench(n_filters: int, n_samples: int, build_root: Path, float_dtype: str, re
     infers = [sim.run_chunk(rates, np.zeros(n_samples), train.state, **args) for _ in range(repeat)]
     infer = infers[0]
     return {
+        "device": device,
         "n_filters": n_filters,
         "y_neurons": geometry.n_neurons,
         "xy_synapses": geometry.n_xy,
@@ -64,13 +66,14 @@ def main():
     parser.add_argument("--filters", type=int, nargs="+", default=[25, 100, 1000])
     parser.add_argument("--samples", type=int, nargs="+", default=[500, 500, 60])
     parser.add_argument("--repeat", type=int, default=3, help="runs of each chunk; the median is printed")
+    parser.add_argument("--device", default="cpp_standalone", choices=("cpp_standalone", "cuda_standalone"))
     parser.add_argument("--float", default="float64", choices=("float64", "float32"))
     parser.add_argument("--build-root", type=Path, default=None, help="build cache (default: a fresh temporary folder)")
     args = parser.parse_args()
     root = args.build_root or Path(tempfile.mkdtemp(prefix="lcsnn-bench-"))
     for n_filters, n_samples in zip(args.filters, args.samples, strict=True):
         start = time.perf_counter()
-        result = bench(n_filters, n_samples, root, args.float, args.repeat)
+        result = bench(n_filters, n_samples, root, args.float, args.repeat, args.device)
         result["total_s"] = round(time.perf_counter() - start, 1)
         print(json.dumps(result), flush=True)
 

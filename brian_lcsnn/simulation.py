@@ -35,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 DEVICES = ("cpp_standalone", "runtime", "cuda_standalone")
 
+#: Re-seeds every random generator of a C++ build from the run's seed variable (``{seed}`` is its array), so
+#: that each chunk of samples has its own random stream although the binary is the same.
+CPP_SEED_CODE = (
+    "for (size_t _k = 0; _k < brian::_random_generators.size(); _k++)\n"
+    "    brian::_random_generators[_k].seed((unsigned long)brian::{seed}[0] + _k);"
+)
+
 
 
 def default_build_root() -> Path:
@@ -153,6 +160,7 @@ class Simulator:
         self.compile_seconds = 0.0
         self.compiled_now = False
         self._indices = None
+        self.cuda_fixes: dict | None = None
 
     # -- preparation -------------------------------------------------------------------------------------
     def _set_prefs(self):
@@ -173,7 +181,7 @@ class Simulator:
 
     def _prepare_standalone(self):
         if self.device_name == "cuda_standalone":
-            from . import cuda  # noqa: F401  (registers the device and applies the CUDA fixes)
+            from . import cuda  # registers the device (DeviceError without brian2cuda)
         # Brian2 suffixes code-object names (_1, ...) while objects of an earlier build are alive, which
         # changes the generated files and forces a recompile: drop the device's references, collect the dead
         b2.device.reinit()
@@ -183,15 +191,15 @@ class Simulator:
         self._set_prefs()
         b2.prefs.devices.cpp_standalone.openmp_threads = 0 if self.threads <= 1 else self.threads
         b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
+        seed_code = CPP_SEED_CODE
+        if self.device_name == "cuda_standalone":
+            self.cuda_fixes = cuda.apply_cuda_fixes(self.build_root / "cuda_libs")
+            seed_code = cuda.SEED_CODE
         built = build_network(self.spec)
         # run_args are applied here, after all objects and their initial values exist
         b2.device.apply_run_args()
         seed_array = b2.device.get_array_name(built.rng.variables["seed"])
-        b2.device.insert_code(
-            "main",
-            "for (size_t _k = 0; _k < brian::_random_generators.size(); _k++)\n"
-            f"    brian::_random_generators[_k].seed((unsigned long)brian::{seed_array}[0] + _k);",
-        )
+        b2.device.insert_code("main", seed_code.format(seed=seed_array))
         built.network.run(self.spec.duration)
         with _locked(self.build_root / f"{self.key}.lock"):
             binary = self.build_dir / "main"
