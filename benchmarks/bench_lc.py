@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import brian2 as b2
 import numpy as np
 
-import brian2 as b2
 from brian_lcsnn.data import center_crop, load_dataset, pixel_rates
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec

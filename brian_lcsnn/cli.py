@@ -95,10 +95,10 @@ def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     from .data import DataError
+    from .errors import DeviceError
     from .models import ModelError
     from .protocol import ProtocolError
     from .results import RunError
-    from .errors import DeviceError
 
     try:
         if hasattr(args, "handler"):

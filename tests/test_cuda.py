@@ -16,6 +16,7 @@ if shutil.which("nvidia-smi") is None:
     pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
 
 import brian2 as b2  # noqa: E402
+
 from brian_lcsnn.models import load_model  # noqa: E402
 from brian_lcsnn.network import NetworkSpec  # noqa: E402
 from brian_lcsnn.simulation import NetworkState, Simulator  # noqa: E402

@@ -15,8 +15,17 @@ import numpy as np
 import pytest
 
 from brian_lcsnn import data
-from brian_lcsnn.data import (DataError, Dataset, center_crop, default_cache_dir, load_dataset,
-                              pixel_rates, read_idx, read_idx_folder, thesis_split)
+from brian_lcsnn.data import (
+    DataError,
+    Dataset,
+    center_crop,
+    default_cache_dir,
+    load_dataset,
+    pixel_rates,
+    read_idx,
+    read_idx_folder,
+    thesis_split,
+)
 
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -1,9 +1,9 @@
 """The neuron and plasticity equations against hand-computed values and against a numpy statement of the thesis."""
 
+import brian2 as b2
 import numpy as np
 import pytest
 
-import brian2 as b2
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec
 from brian_lcsnn.simulation import NetworkState, Simulator

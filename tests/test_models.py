@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from brian2 import Hz, Quantity, get_dimensions, kHz, mV, ms, second, volt
+from brian2 import Hz, Quantity, get_dimensions, kHz, ms, mV, second, volt
 
 from brian_lcsnn.models import MODEL_KINDS, ModelError, ModelFile, load_model, models_dir, parse_quantity
 

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from brian2 import Hz, get_dimensions, mV, ms
+from brian2 import Hz, get_dimensions, ms, mV
 
 from brian_lcsnn.models import parse_quantity
-from brian_lcsnn.protocol import (DEFAULTS, PHASE_TYPES, Protocol, ProtocolError, apply_overrides, load_protocol,
-                                  validate)
+from brian_lcsnn.protocol import (
+    DEFAULTS,
+    PHASE_TYPES,
+    Protocol,
+    ProtocolError,
+    apply_overrides,
+    load_protocol,
+    validate,
+)
 from brian_lcsnn.topology import Geometry
 
 pytestmark = pytest.mark.codegen_independent
