@@ -182,12 +182,13 @@ class Simulator:
     def _prepare_standalone(self):
         if self.device_name == "cuda_standalone":
             from . import cuda  # registers the device (DeviceError without brian2cuda)
+        # A fresh standalone device for every build (the current device may be another one, e.g. runtime).
         # Brian2 suffixes code-object names (_1, ...) while objects of an earlier build are alive, which
-        # changes the generated files and forces a recompile: drop the device's references, collect the dead
+        # changes the generated files and forces a recompile: drop the device's references, collect the dead.
+        b2.set_device(self.device_name, build_on_run=False)
         b2.device.reinit()
         gc.collect()
-        b2.device.activate()
-        b2.set_device(self.device_name, build_on_run=False)
+        b2.device.activate(build_on_run=False)
         self._set_prefs()
         b2.prefs.devices.cpp_standalone.openmp_threads = 0 if self.threads <= 1 else self.threads
         b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
