@@ -160,8 +160,10 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
 
 
 def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None = None, build_root=None,
-                 progress: bool = True) -> Path:  # fmt: skip
+                 progress: bool = True, tags: dict | None = None) -> Path:  # fmt: skip
     """Run every phase of ``protocol`` and write a run directory under ``results_root``; returns its path.
+
+    ``tags`` (JSON-able) go into ``run.json`` as they are: a sweep names itself and the trial there.
 
     Everything that can fail on bad input (data, model equations, compilation) happens before the run
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
@@ -185,6 +187,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "dataset": {"name": dataset.name, "source": dataset.source},
         "versions": _versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tags": dict(tags or {}),
         "phases": [],
     }
     write_json(run_dir / "run.json", info)
