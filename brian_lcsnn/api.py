@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from . import readout
-from .data import center_crop, load_dataset, pixel_rates
-from .models import parse_quantity
+from .data import load_dataset
 from .protocol import PHASE_SPLIT, Protocol, load_protocol
 from .results import RunError, read_json
-from .runner import _load_readouts, _prepare, _run_phase, make_simulator, read_state
+from .runner import _load_readouts, _prepare, _run_phase, present_recorded, read_state
 from .simulation import NetworkState, Simulator
 
 __all__ = ["LoadedRun", "load_run", "read_png"]
@@ -110,9 +109,10 @@ class LoadedRun:
     def feed_label(self, label: int, seed: int | None = None) -> dict:
         """Present a random calibration-set image of ``label``.
 
-        Returns the image, the prediction (patch voting), the scores, the Y spike counts, and for the best voter
-        of each location (the filter contributing most to the predicted class) its index, its XY weights and
-        its voltage at every step (mV). One presentation runs on the runtime device, so it needs no compile.
+        Returns the image, the prediction (patch voting), the scores, the Y spike counts, every Y spike
+        (``spike_neurons``, ``spike_times_ms``), and for the best voter of each location (the filter contributing
+        most to the predicted class) its index, its XY weights, its voltage at every step (mV) and its threshold
+        (v_thresh + theta, mV). One presentation runs on the runtime device, so it needs no compile.
         """
         images, labels = load_dataset(self.protocol["dataset"]["name"], self.protocol["dataset"]["path"]).split(
             "calibration"
@@ -134,26 +134,18 @@ class LoadedRun:
     def _feed(self, image: np.ndarray, extra: dict, seed: int = 0) -> dict:
         """One presentation on the runtime device (numpy code generation: no compilation), with voltages."""
         g = self.protocol.geometry
-        sim = make_simulator(self.protocol, "runtime")
-        sim.prepare()
-        intensity_hz = float(parse_quantity(self.protocol["dataset"]["intensity"]) / parse_quantity("1 Hz"))
-        rates = pixel_rates(center_crop(image, self.protocol["dataset"]["crop"]), intensity_hz)
-        out = sim.run_chunk(rates, np.zeros(1), self.state, seed=seed, plastic={},
-                            norm_target=self.protocol["network"]["mean_weight"] * g.kernel_size**2,
-                            record_voltages=True)  # fmt: skip
-        counts = out.counts.reshape(1, g.n_filters, g.n_locations)
-        scores = readout.voting_scores(counts, self.votes, "patch_voting")
-        prediction = int(readout.predict(scores, counts)[0])
-        # the best voter at each location: the filter whose spikes times votes for the prediction is largest
-        contribution = counts[0] * self.votes[max(prediction, 0)]
-        best = contribution.argmax(axis=0) * g.n_locations + np.arange(g.n_locations)
+        shown = present_recorded(self.protocol, self.state, self.votes, None, image, seed)
+        best = shown["best_voters"][0]
         with np.load(self.path / "state.npz") as data:  # per-synapse weights (C: the kernels at every location)
             xy_w, post = data["xy_w"], data["xy_j"]
         # pre-major order: a neuron's synapses run row by row through its receptive field
         weights = np.stack([xy_w[post == neuron].reshape(g.kernel_size, g.kernel_size) for neuron in best])
-        return {**extra, "image": image[0], "prediction": prediction, "scores": scores[0], "counts": counts[0],
-                "best_voters": best, "best_voter_weights": weights,
-                "best_voter_voltages_mV": out.voltages[best, : sim.spec.steps_per_sample]}  # fmt: skip
+        spikes = shown["spike_sample"] == 0
+        return {**extra, "image": image[0], "prediction": int(shown["predictions"]["patch_voting"][0]),
+                "scores": shown["scores"][0], "counts": shown["counts"][0], "best_voters": best,
+                "best_voter_weights": weights, "best_voter_voltages_mV": shown["best_voltages_mV"][0],
+                "best_voter_thresholds_mV": shown["threshold_mV"][0], "spike_neurons": shown["spike_neuron"][spikes],
+                "spike_times_ms": shown["spike_time_ms"][spikes]}  # fmt: skip
 
 
 def read_png(path: str | Path) -> np.ndarray:

@@ -52,13 +52,13 @@ DEFAULTS = {
         "float": "float64",
         "threads": 1,
     },
-    "readout": {"linear": "logistic", "top_n": []},
+    "readout": {"linear": "logistic", "top_n": [], "showcase": 3},
     "phases": None,
 }
 #: The keys each phase type takes: train/calibrate/test present samples; lock, unlock and clear change a
 #: projection between them (lock: freeze, optionally at a value; clear: set to 0), never the equations.
 PHASE_KEYS = {
-    "train": ("type", "name", "n", "sampling", "learn"),
+    "train": ("type", "name", "n", "sampling", "learn", "evaluate_every", "evaluate"),
     "calibrate": ("type", "name", "n", "sampling"),
     "test": ("type", "name", "n", "sampling"),
     "lock": ("type", "name", "projection", "value"),
@@ -66,6 +66,11 @@ PHASE_KEYS = {
     "clear": ("type", "name", "projection"),
 }
 DEFAULT_SAMPLING = {"train": "with_replacement", "calibrate": "ordered", "test": "ordered"}
+#: A train phase's learning curve: every ``evaluate_every`` samples, the first ``calibrate`` images of the
+#: calibration split and the first ``test`` images of the test split, with learning off.
+EVALUATE_KEYS = {"calibrate": "calibration", "test": "test"}
+#: MNIST's split sizes (a dataset from ``dataset.path`` is checked when it is loaded).
+MNIST_SPLIT_SIZES = {"train": 50000, "calibration": 10000, "test": 10000}
 
 
 class ProtocolError(ValueError):
@@ -263,6 +268,7 @@ def validate(data: dict, path: Path) -> dict:
     for k, n in enumerate(ro["top_n"]):
         if _int(n, f"{w}: readout.top_n[{k}]", 1) > 10:
             raise ProtocolError(f"{w}: readout.top_n[{k}]: must be <= 10, got {n}")
+    _int(ro["showcase"], f"{w}: readout.showcase", 0)
 
     phases = out["phases"]
     if not isinstance(phases, list) or not phases:
@@ -297,6 +303,7 @@ def validate(data: dict, path: Path) -> dict:
                 for item in learn:
                     _choice(item, PROJECTIONS, f"{pw}.learn")
             entry["learn"] = learn
+            _evaluation(phase, entry, out, pw)
         if kind == "lock":
             entry["value"] = None if phase.get("value") is None else _number(phase["value"], f"{pw}.value")
         if kind == "calibrate":
@@ -306,6 +313,35 @@ def validate(data: dict, path: Path) -> dict:
         resolved.append(entry)
     out["phases"] = resolved
     return out
+
+
+def _evaluation(phase: dict, entry: dict, out: dict, pw: str) -> None:
+    """A train phase's ``evaluate_every`` and ``evaluate: {calibrate: n, test: n}`` (both or neither)."""
+    every, sizes = phase.get("evaluate_every"), phase.get("evaluate")
+    if every is None and sizes is None:
+        return
+    if every is None or sizes is None:
+        missing = "evaluate_every" if every is None else "evaluate"
+        raise ProtocolError(f"{pw}.{missing}: required with {'evaluate' if every is None else 'evaluate_every'}")
+    _int(every, f"{pw}.evaluate_every", 1)
+    chunk = out["simulation"]["samples_per_chunk"]
+    if every % chunk:  # evaluations happen between chunks: a chunk split in two would draw other random numbers
+        raise ProtocolError(f"{pw}.evaluate_every: {every} is not a multiple of simulation.samples_per_chunk ({chunk})")
+    if not isinstance(sizes, dict):
+        raise ProtocolError(f"{pw}.evaluate: expected a mapping {{calibrate: n, test: n}}, got {sizes!r}")
+    for key in sizes:
+        if key not in EVALUATE_KEYS:
+            raise ProtocolError(f"{pw}.evaluate.{key}: unknown key (allowed: {', '.join(EVALUATE_KEYS)})")
+    resolved = {}
+    for key, split in EVALUATE_KEYS.items():
+        if key not in sizes:
+            raise ProtocolError(f"{pw}.evaluate.{key}: missing (the number of {split} images of each evaluation)")
+        n = _int(sizes[key], f"{pw}.evaluate.{key}", 1)
+        if out["dataset"]["path"] is None and n > MNIST_SPLIT_SIZES[split]:
+            have = MNIST_SPLIT_SIZES[split]
+            raise ProtocolError(f"{pw}.evaluate.{key}: {n} images, but the {split} split has {have}")
+        resolved[key] = n
+    entry["evaluate_every"], entry["evaluate"] = every, resolved
 
 
 def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protocol:

@@ -23,9 +23,16 @@ from .results import new_run_dir, read_json, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
 
-__all__ = ["run_protocol", "resume_run", "make_simulator", "initial_state", "read_state", "Progress"]
+__all__ = ["run_protocol", "resume_run", "make_simulator", "initial_state", "read_state", "present_recorded",
+           "Progress", "LearningCurve"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
+
+#: Fixed branches of the run's seed tree for what must not disturb the run: the learning curve's evaluations
+#: and the showcase. They never call ``spawn`` on a phase's stream (``spawn`` advances a counter), so a run
+#: with them draws exactly the samples and seeds that the run without them draws.
+EVALUATION_BRANCH = 2**31 - 1
+SHOWCASE_BRANCH = 2**31 - 2
 
 
 class Progress:
@@ -47,9 +54,18 @@ class Progress:
         end = "\r" if self.tty and done < self.total else "\n"
         print(line, end=end, file=self.stream, flush=True)
 
+    def note(self, line: str) -> None:
+        if self.enabled:
+            print(f"{self.phase}: {line}", file=self.stream, flush=True)
 
-def make_simulator(protocol: Protocol, device: str | None = None, build_root=None) -> Simulator:
-    """The simulator of a protocol's network structure."""
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the samples/s."""
+        self.start += seconds
+
+
+def make_simulator(protocol: Protocol, device: str | None = None, build_root=None,
+                   samples_per_chunk: int | None = None) -> Simulator:  # fmt: skip
+    """The simulator of a protocol's network structure (``samples_per_chunk``: the protocol's unless given)."""
     sim = protocol["simulation"]
     models = protocol.model_files()
     spec = NetworkSpec(
@@ -59,7 +75,7 @@ def make_simulator(protocol: Protocol, device: str | None = None, build_root=Non
         xy=models["xy"],
         normalisation=models["normalisation"],
         yy=models["yy"],
-        samples_per_chunk=sim["samples_per_chunk"],
+        samples_per_chunk=samples_per_chunk or sim["samples_per_chunk"],
         time_per_sample=parse_quantity(sim["time_per_sample"]),
         dt=parse_quantity(sim["dt"]),
     )
@@ -114,18 +130,100 @@ class PhaseOutcome:
     indices: np.ndarray
     wall_seconds: float
     sim_seconds: float
+    evaluation_seconds: float = 0.0
+
+
+def _branch(seq: np.random.SeedSequence, *keys: int) -> np.random.SeedSequence:
+    """A child of ``seq`` named by ``keys``, without advancing ``seq``'s spawn counter."""
+    return np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, *keys))
+
+
+def _chunk_seed(seq: np.random.SeedSequence) -> int:
+    return int(seq.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _rates(protocol: Protocol, images: np.ndarray) -> np.ndarray:
+    intensity = float(parse_quantity(protocol["dataset"]["intensity"]) / b2.Hz)
+    return pixel_rates(center_crop(images, protocol["dataset"]["crop"]), intensity)
+
+
+def _norm_target(protocol: Protocol) -> float:
+    return protocol["network"]["mean_weight"] * protocol.geometry.kernel_size**2
+
+
+def _frozen_counts(sim: Simulator, protocol: Protocol, images: np.ndarray, state: NetworkState,
+                   seq: np.random.SeedSequence) -> np.ndarray:  # fmt: skip
+    """Y spike counts of ``images`` with learning off; the state the chunks return is dropped, so the run's
+    weights and thresholds stay exactly as they were."""
+    K = sim.spec.samples_per_chunk
+    counts = []
+    for c, start in enumerate(range(0, len(images), K)):
+        part = images[start : start + K]
+        result = sim.run_chunk(_rates(protocol, part), np.zeros(len(part)), state, seed=_chunk_seed(_branch(seq, c)),
+                               plastic={}, norm_target=_norm_target(protocol))  # fmt: skip
+        counts.append(result.counts)
+    return np.concatenate(counts)
+
+
+class LearningCurve:
+    """A train phase's learning curve: every ``evaluate_every`` training samples (and before the first), the
+    first ``evaluate.calibrate`` calibration images calibrate the votes and the linear readout and the first
+    ``evaluate.test`` test images are scored by every readout, all with learning off.
+
+    Each point is written to ``curves/<phase>.json`` as soon as it exists (``save(document)``), so a resumed
+    run keeps the points it has; its samples and seeds come from `EVALUATION_BRANCH` of the phase's stream.
+    """
+
+    def __init__(self, phase: dict, protocol: Protocol, dataset, seq: np.random.SeedSequence, points=(), save=None):
+        self.phase, self.protocol, self.save = phase, protocol, save
+        self.every, self.sizes = phase["evaluate_every"], phase["evaluate"]
+        self.sets = {key: tuple(a[:n] for a in dataset.split(PHASE_SPLIT[key])) for key, n in self.sizes.items()}
+        self.seq = _branch(seq, EVALUATION_BRANCH)
+        self.points = sorted(points, key=lambda p: p["samples"])
+
+    def document(self) -> dict:
+        return {"phase": self.phase["name"], "evaluate_every": self.every, **self.sizes, "points": self.points}
+
+    def due(self, done: int) -> bool:
+        return (done % self.every == 0 or done == self.phase["n"]) and done not in {p["samples"] for p in self.points}
+
+    def evaluate(self, sim: Simulator, state: NetworkState, done: int) -> dict:
+        """Score the network as it is after ``done`` training samples; appends, saves and returns the point."""
+        start = time.perf_counter()
+        g, ro = self.protocol.geometry, self.protocol["readout"]
+        seq = _branch(self.seq, done)
+        shaped = {}
+        for k, (key, (images, labels)) in enumerate(self.sets.items()):
+            counts = _frozen_counts(sim, self.protocol, images, state, _branch(seq, k))
+            shaped[key] = counts.reshape(len(counts), g.n_filters, g.n_locations), labels
+        (cal, cal_labels), (test, test_labels) = shaped["calibrate"], shaped["test"]
+        votes = readout.compute_votes(cal, cal_labels)
+        linear = None
+        if ro["linear"] and len(np.unique(cal_labels)) > 1:
+            linear = readout.LinearReadout(ro["linear"], seed=self.protocol["seed"]).fit(cal, cal_labels)
+        scores = readout.evaluate(test, test_labels, votes, linear, top_n=tuple(ro["top_n"]))
+        point = {"samples": done, "seconds": round(time.perf_counter() - start, 3), "scores": scores}
+        self.points = sorted([*self.points, point], key=lambda p: p["samples"])
+        if self.save is not None:
+            self.save(self.document())
+        return point
+
+
+def _summary(scores: dict) -> str:
+    method, best = readout.best_voting(scores)
+    linear = f", linear {scores['linear']['accuracy']:.3f}" if "linear" in scores else ""
+    return f"{method} {best['accuracy']:.3f}{linear}"
 
 
 def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarray, state: NetworkState,
                protocol: Protocol, seq: np.random.SeedSequence, progress: bool, checkpoint=None,
-               resume: dict | None = None):  # fmt: skip
+               resume: dict | None = None, curve: LearningCurve | None = None):  # fmt: skip
     """Present a phase's samples chunk by chunk; ``checkpoint(chunk, state, counts)`` runs after each chunk.
 
     Every random choice (the samples, each chunk's seed) follows from ``seq`` alone, so a phase resumed at a
-    chunk (``resume = {"chunk": c, "counts": counts so far}``) continues exactly as it would have.
+    chunk (``resume = {"chunk": c, "counts": counts so far}``) continues exactly as it would have. A
+    ``curve`` evaluates between chunks (after the checkpoint) without touching the state that is carried on.
     """
-    crop = protocol["dataset"]["crop"]
-    intensity = float(parse_quantity(protocol["dataset"]["intensity"]) / b2.Hz)
     rng = np.random.default_rng(seq.spawn(1)[0])
     indices = _sample_indices(phase["sampling"], phase["n"], len(images), rng, f"phase {phase['name']}")
     training = phase["type"] == "train"
@@ -134,18 +232,30 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
     counts = [resume["counts"]] if resume and resume["counts"] is not None and len(resume["counts"]) else []
     meter = Progress(phase["name"], phase["n"], progress)
     start = time.perf_counter()
-    sim_seconds = 0.0
+    sim_seconds = evaluation_seconds = 0.0
     chunk_seeds = seq.spawn((len(indices) + K - 1) // K)
+
+    def evaluate(done: int) -> None:
+        nonlocal evaluation_seconds
+        if curve is None or not curve.due(done):
+            return
+        sizes = curve.sizes
+        meter.note(f"evaluating after {done} samples (calibrate {sizes['calibrate']}, test {sizes['test']})")
+        point = curve.evaluate(sim, state, done)
+        evaluation_seconds += point["seconds"]
+        meter.exclude(point["seconds"])
+        meter.note(f"after {done} samples: {_summary(point['scores'])} ({point['seconds']:.1f} s)")
+
+    evaluate(min(first * K, phase["n"]))  # before the first sample, or a point a killed run did not write
     for c in range(first, len(chunk_seeds)):
         idx = indices[c * K : (c + 1) * K]
-        rates = pixel_rates(center_crop(images[idx], crop), intensity)
         result = sim.run_chunk(
-            rates,
+            _rates(protocol, images[idx]),
             np.full(len(idx), 1.0 if training else 0.0),
             state,
-            seed=int(chunk_seeds[c].generate_state(1)[0] & 0x7FFFFFFF),
+            seed=_chunk_seed(chunk_seeds[c]),
             plastic={name: name in phase.get("learn", ()) for name in ("XY", "YY")},
-            norm_target=protocol["network"]["mean_weight"] * protocol.geometry.kernel_size**2,
+            norm_target=_norm_target(protocol),
         )
         state = result.state
         sim_seconds += result.seconds
@@ -154,8 +264,10 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
         if checkpoint is not None:
             checkpoint(c + 1, state, np.concatenate(counts) if counts else None)
         meter.update(c * K + len(idx))
+        evaluate(c * K + len(idx))
     wall = time.perf_counter() - start
-    outcome = PhaseOutcome(np.concatenate(counts) if counts else None, labels[indices], indices, wall, sim_seconds)
+    outcome = PhaseOutcome(np.concatenate(counts) if counts else None, labels[indices], indices, wall, sim_seconds,
+                           evaluation_seconds)  # fmt: skip
     return state, outcome
 
 
@@ -170,6 +282,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
     dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
+    _check_evaluation_sizes(protocol, dataset)
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
     info = {
@@ -281,14 +394,20 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 write_json(run_dir / "run.json", info)
                 continue
             images, labels = dataset.split(PHASE_SPLIT[phase["type"]])
+            phase_resume = resume if k == done_phases else None
+            curve = _learning_curve(run_dir, phase, protocol, dataset, seq, sim, phase_resume)
             state, out = _run_phase(
                 sim, phase, images, labels, state, protocol, seq, progress,
                 checkpoint=lambda chunk, st, counts, k=k: save_checkpoint(k, chunk, st, counts),
-                resume=resume if k == done_phases else None,
+                resume=phase_resume, curve=curve,
             )  # fmt: skip
             _write_state(run_dir, phase["name"], g, state)  # after every phase: a reload starts from any of them
+            learning_seconds = out.wall_seconds - out.evaluation_seconds
             record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
-                      "samples_per_second": round(phase["n"] / max(out.wall_seconds, 1e-9), 2)}  # fmt: skip
+                      "samples_per_second": round(phase["n"] / max(learning_seconds, 1e-9), 2)}  # fmt: skip
+            if curve is not None:  # the samples/s above leave the evaluations out
+                record["curve"] = f"curves/{phase['name']}.json"
+                record["evaluation_seconds"] = round(out.evaluation_seconds, 3)
             if out.counts is not None:
                 write_npz(run_dir / "counts" / f"{phase['name']}.npz", counts=out.counts, labels=out.labels,
                           image_indices=out.indices)  # fmt: skip
@@ -313,6 +432,14 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
             save_checkpoint(k + 1, 0, state, None)
             write_json(run_dir / "run.json", info)
         _write_state(run_dir, None, g, state)
+        tests = [p["name"] for p in protocol["phases"] if p["type"] == "test"]
+        if protocol["readout"]["showcase"] and tests:
+            start = time.perf_counter()
+            _write_showcase(run_dir, protocol, dataset, state, votes, linear, tests[-1], root_seq)
+            info["showcase_seconds"] = round(time.perf_counter() - start, 3)
+            if progress:
+                print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
+                      f"{info['showcase_seconds']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         info["status"] = "finished"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
@@ -326,6 +453,92 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
         write_json(run_dir / "run.json", info)
     (run_dir / "checkpoint.npz").unlink(missing_ok=True)
     return run_dir
+
+
+def _learning_curve(run_dir: Path, phase: dict, protocol: Protocol, dataset, seq, sim: Simulator,
+                    resume: dict | None) -> LearningCurve | None:  # fmt: skip
+    """The phase's `LearningCurve` (None without ``evaluate_every``); resumed, with the points already written."""
+    if not phase.get("evaluate_every"):
+        return None
+    path = run_dir / "curves" / f"{phase['name']}.json"
+    points = []
+    if resume is not None and path.exists():  # the points up to the checkpoint (later ones are recomputed)
+        reached = resume["chunk"] * sim.spec.samples_per_chunk
+        points = [p for p in read_json(path)["points"] if p["samples"] <= reached]
+    return LearningCurve(phase, protocol, dataset, seq, points, save=lambda doc: write_json(path, doc))
+
+
+def _check_evaluation_sizes(protocol: Protocol, dataset) -> None:
+    """The learning curves' subsets fit the data set's splits (MNIST's are checked with the protocol)."""
+    from .protocol import ProtocolError
+
+    for k, phase in enumerate(protocol["phases"]):
+        for key, n in (phase.get("evaluate") or {}).items():
+            available = len(dataset.split(PHASE_SPLIT[key])[1])
+            if n > available:
+                raise ProtocolError(f"{protocol.path}: phases[{k}].evaluate.{key}: {n} images, but the "
+                                    f"{PHASE_SPLIT[key]} split of {dataset.name} has {available}")  # fmt: skip
+
+
+def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray, linear, images: np.ndarray,
+                     seed: int = 0) -> dict:  # fmt: skip
+    """Present uint8 images (n, 28, 28) with learning off on the runtime device (numpy: no compile), recording
+    every step's Y voltage and every Y spike; the state is left as it is.
+
+    Returns per sample: ``counts`` (n, F, L); ``predictions`` {method: (n,)} of every voting rule and the
+    linear readout (-1: no spike); ``scores`` (n, 10) of patch voting; for the best voter of each location (by
+    patch voting: the filter whose spikes times votes for the prediction are largest) ``best_voters`` (n, L),
+    ``best_voltages_mV`` (n, L, steps) and ``threshold_mV`` (n, L: v_thresh + theta); every Y spike as
+    ``spike_sample``, ``spike_neuron`` and ``spike_time_ms`` (from the start of its sample).
+    """
+    g, n = protocol.geometry, len(images)
+    sim = make_simulator(protocol, "runtime", samples_per_chunk=n)
+    sim.prepare()
+    out = sim.run_chunk(_rates(protocol, images), np.zeros(n), state, seed=seed, plastic={},
+                        norm_target=_norm_target(protocol), record_voltages=True)  # fmt: skip
+    counts = out.counts.reshape(n, g.n_filters, g.n_locations)
+    predictions = {m: readout.predict(readout.voting_scores(counts, votes, m), counts) for m in readout.VOTING_METHODS}
+    if linear is not None:
+        predictions["linear"] = linear.predict(counts)
+    scores = readout.voting_scores(counts, votes, "patch_voting")
+    contribution = counts * votes[np.maximum(predictions["patch_voting"], 0)]  # (n, F, L)
+    best = contribution.argmax(axis=1) * g.n_locations + np.arange(g.n_locations)  # (n, L) neuron indices
+    steps = sim.spec.steps_per_sample
+    voltages = out.voltages[:, : n * steps].reshape(g.n_neurons, n, steps).transpose(1, 0, 2)
+    v_thresh = protocol.model_files()["neuron"].parameters.get("v_thresh")
+    v_thresh_mV = float(v_thresh / b2.mV) if v_thresh is not None else np.nan
+    dt_ms = float(sim.spec.dt / b2.ms)
+    neuron, times = out.spikes
+    step = np.rint(np.asarray(times) / float(sim.spec.dt)).astype(np.int64)
+    keep = step < n * steps  # the silent extra step after the last sample
+    return {
+        "counts": counts,
+        "predictions": predictions,
+        "scores": scores,
+        "best_voters": best,
+        "best_voltages_mV": np.take_along_axis(voltages, best[:, :, None], axis=1),
+        "threshold_mV": v_thresh_mV + state.theta[best] * 1e3,
+        "spike_sample": step[keep] // steps,
+        "spike_neuron": np.asarray(neuron, dtype=np.int64)[keep],
+        "spike_time_ms": (step[keep] % steps) * dt_ms,
+        "dt_ms": dt_ms,
+    }
+
+
+def _write_showcase(run_dir: Path, protocol: Protocol, dataset, state: NetworkState, votes, linear, test: str,
+                    root_seq: np.random.SeedSequence) -> None:  # fmt: skip
+    """``showcase.npz``: the first ``readout.showcase`` samples of the last test phase presented once more with the
+    final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
+    with np.load(run_dir / "counts" / f"{test}.npz", allow_pickle=False) as data:
+        indices = data["image_indices"][: protocol["readout"]["showcase"]]
+    images, labels = dataset.split("test")
+    seed = _chunk_seed(_branch(root_seq, SHOWCASE_BRANCH))
+    shown = present_recorded(protocol, state, votes, linear, images[indices], seed)
+    methods = list(shown.pop("predictions").items())
+    write_npz(run_dir / "showcase.npz", images=images[indices], labels=labels[indices], image_indices=indices,
+              phase=np.array(test), methods=np.array([m for m, _ in methods]),
+              predictions=np.stack([p for _, p in methods], axis=1), crop=protocol["dataset"]["crop"],
+              **{key: value for key, value in shown.items() if key != "scores"})  # fmt: skip
 
 
 def _load_readouts(run_dir: Path):

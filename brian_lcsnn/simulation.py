@@ -69,6 +69,7 @@ class ChunkResult:
     seconds: float  # wall time of the run, process start and I/O included
     synapse_w: np.ndarray | None = None  # XY weight of every synapse as the build sees it (when asked)
     voltages: np.ndarray | None = None  # (n_neurons, steps) Y voltages in mV (runtime device, when asked)
+    spikes: tuple[np.ndarray, np.ndarray] | None = None  # every Y spike's (neuron, time in s), with the voltages
 
 
 def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sample: int, dt) -> np.ndarray:
@@ -298,7 +299,8 @@ class Simulator:
                               self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
         synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         voltages = np.array(b.voltages.v_[:]) * 1e3 if record_voltages else None
-        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages)
+        spikes = (np.array(b.spikes.i[:]), np.array(b.spikes.t_[:])) if record_voltages else None
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages, spikes)
 
     def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""
