@@ -2,10 +2,11 @@
 
 Each figure of `FIGURES` reads what the run directory holds (state, votes, spike counts, scores) and is
 written to ``<run>/figures/<name>.<fmt>``; a figure whose data is absent (no test counts, a competition
-that did not learn, ...) is skipped with a logged note. The thesis's figures (thesis-spec.md section 8) not
-available yet, because a run does not store their data: learning curves (accuracy vs training samples),
-voltage traces (``plot_neuron_voltage``, best voters' voltages), input images (``plot_image``, ``feed_label``),
-spike rasters with spike times (only per-sample counts are stored) and the competition overlaid on XY.
+that did not learn, a train phase without ``evaluate_every``, no ``showcase.npz``, ...) is skipped with a
+logged note. Learning curves come from ``curves/<phase>.json``; voltage traces (the thesis's
+``plot_neuron_voltage``), input images with their predictions (``plot_image``) and spike rasters with spike
+times from ``showcase.npz`` (a few test samples presented once more at the end of the run). The thesis's
+competition overlaid on XY is not drawn.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .results import RunError, read_json
 from .topology import Geometry, competing, local_pairs
 
 __all__ = ["FIGURES", "FORMATS", "MissingData", "StoredRun", "load_stored_run", "plot_run", "register",
-           "tile_lc_weights", "top_n_accuracies"]  # fmt: skip
+           "tile_lc_weights", "top_n_accuracies", "learning_curves"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,13 @@ class StoredRun:
         if data["counts"].ndim != 2 or data["counts"].shape[1] != g.n_neurons:
             raise RunError(f"{self.path}: counts have shape {data['counts'].shape}, expected (n, {g.n_neurons})")
         data["counts"] = data["counts"].reshape(len(data["counts"]), g.n_filters, g.n_locations)
+        return data
+
+    def showcase(self) -> dict:
+        """``showcase.npz``: a few test samples presented once more with voltages and spike times."""
+        data = self._npz("showcase.npz")
+        if not len(data["images"]):
+            raise MissingData("showcase.npz holds no sample")
         return data
 
 
@@ -149,6 +157,24 @@ def top_n_accuracies(run: StoredRun) -> dict[int, dict]:
     ns = range(1, len(votes) + 1)
     scores = readout.evaluate(counts, labels, votes, top_n=ns)
     return {n: scores[f"top_{n}"] for n in ns}
+
+
+def learning_curves(run: StoredRun) -> list[tuple[str, int, dict]]:
+    """``(phase, offset, curve)`` of every train phase with a stored curve; ``offset`` is the number of training
+    samples of the train phases before it, so that the x axis counts every training sample of the run."""
+    out, offset = [], 0
+    for phase in run.protocol.get("phases", []):
+        if phase.get("type") != "train":
+            continue
+        path = run.path / "curves" / f"{phase['name']}.json"
+        if path.is_file():
+            out.append((phase["name"], offset, read_json(path)))
+        offset += int(phase.get("n", 0))
+    return out
+
+
+def _predicted(label: int) -> str:
+    return "none" if label < 0 else str(label)
 
 
 def _competition_weights(run: StoredRun) -> np.ndarray:
@@ -361,7 +387,7 @@ def spikes_best(run: StoredRun, fig) -> None:
     ax.set(xlabel="test sample", ylabel="location (row·side + col)")
     ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1, 1))
     ax.set_title(f"Spikes of the best-voting neuron per location ({_method_title(method)}), first {shown} test "
-                 "samples\n(counts per sample: spike times are not stored)", loc="left")  # fmt: skip
+                 "samples\n(counts per sample; spike times: spikes_raster)", loc="left")  # fmt: skip
     time = run.protocol.get("simulation", {}).get("time_per_sample", "one sample")
     _colourbar(fig, im, ax, f"spikes in {time}")
 
@@ -378,10 +404,132 @@ def theta(run: StoredRun, fig) -> None:
     ax.set_title(f"Adaptive thresholds of the {th.size} Y neurons after training (mean {th.mean():.1f} mV)")
 
 
+def learning_curve(run: StoredRun, fig) -> None:
+    curves = learning_curves(run)
+    if not any(c["points"] for _, _, c in curves):
+        raise MissingData("no learning curve (curves/<phase>.json: a train phase with evaluate_every)")
+    order = [*readout.VOTING_METHODS, "linear"]
+    methods = list(dict.fromkeys(m for _, _, c in curves for p in c["points"] for m in p["scores"]))
+    methods.sort(key=lambda m: order.index(m) if m in order else len(order))
+    colours = dict(zip(order, ("#fe9929", "#ec7014", "#cc4c02", ACCENT), strict=True))
+    fig.set_size_inches(8, 4.8)
+    ax = fig.add_subplot()
+    for k, (phase, offset, curve) in enumerate(curves):
+        points = curve["points"]
+        x = np.array([offset + p["samples"] for p in points])
+        for method in methods:
+            entries = [p["scores"].get(method) for p in points]
+            if any(e is None for e in entries):
+                continue
+            acc, err = np.array([e["accuracy"] for e in entries]), np.array([e["error"] for e in entries])
+            colour = colours.get(method, "0.45")
+            ax.plot(x, acc, marker="o", ms=3.5, color=colour, ls="-" if method in order else ":",
+                    label=_method_title(method) if k == 0 else None)  # fmt: skip
+            ax.fill_between(x, acc - err, acc + err, color=colour, alpha=0.18, lw=0)
+        if offset:
+            ax.axvline(offset, color="0.5", ls="--", lw=0.8)
+            ax.text(offset, 0.02, f" {phase}", color="0.35", fontsize=8, transform=ax.get_xaxis_transform())
+    first = curves[0][2]
+    ax.set(ylim=(0, 1.02), xlabel="training samples",
+           ylabel=f"accuracy on {first['test']} test images (± binomial s.e.)")  # fmt: skip
+    ax.legend(frameon=False, loc="lower right", ncol=2)
+    ax.set_title(f"Learning curve: every {first['evaluate_every']} samples, readouts calibrated on "
+                 f"{first['calibrate']} images, learning off while evaluating")  # fmt: skip
+
+
+def _sample_title(show: dict, k: int) -> str:
+    methods = [str(m) for m in show["methods"]]
+    pred = int(show["predictions"][k, methods.index("patch_voting")]) if "patch_voting" in methods else -1
+    index, label = int(show["image_indices"][k]), int(show["labels"][k])
+    return f"test image {index}: label {label}, patch voting {_predicted(pred)}"
+
+
+def voltages_best(run: StoredRun, fig) -> None:
+    show, g, k = run.showcase(), run.geometry, 0
+    v, threshold = show["best_voltages_mV"][k], show["threshold_mV"][k]
+    best, dt = show["best_voters"][k], float(show["dt_ms"])
+    shown = min(len(v), 25)
+    cols = math.isqrt(shown - 1) + 1
+    rows = (shown + cols - 1) // cols
+    fig.set_size_inches(3.2 * cols + 0.6, 2.2 * rows + 1.0)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    t = np.arange(v.shape[1]) * dt
+    in_sample = show["spike_sample"] == k
+    for loc, ax in enumerate(axes):
+        if loc >= shown:
+            ax.set_visible(False)
+            continue
+        ax.plot(t, v[loc], color=BAR, lw=0.8)
+        ax.axhline(threshold[loc], color=ACCENT, ls="--", lw=0.8)
+        times = show["spike_time_ms"][in_sample & (show["spike_neuron"] == best[loc])]
+        ax.plot(times, np.full(len(times), threshold[loc]), "|", color="crimson", ms=9, mew=1.2)
+        f = int(best[loc]) // g.n_locations
+        ax.set_title(f"location {loc}: filter {f}, {len(times)} spikes", fontsize=8)
+    fig.supxlabel("time in the sample (ms)", fontsize=9)
+    fig.supylabel("membrane voltage v (mV)", fontsize=9)
+    fig.suptitle(f"Voltage of each location's best voter, {_sample_title(show, k)}\n"
+                 "dashed: threshold v_thresh + θ; red ticks: spikes", fontsize=10)  # fmt: skip
+
+
+def input_prediction(run: StoredRun, fig) -> None:
+    import matplotlib.patches
+
+    show = run.showcase()
+    n, crop = min(len(show["images"]), 8), int(show["crop"])
+    methods = [str(m) for m in show["methods"]]
+    fig.set_size_inches(max(2.6 * n + 0.4, 6.5), 4.0 + 0.25 * len(methods))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for k, ax in enumerate(axes):
+        image, label = show["images"][k], int(show["labels"][k])
+        ax.imshow(image, cmap=CMAP, vmin=0, vmax=255, interpolation="nearest")
+        top, left = int(round((image.shape[0] - crop) / 2.0)), int(round((image.shape[1] - crop) / 2.0))
+        ax.add_patch(matplotlib.patches.Rectangle((left - 0.5, top - 0.5), crop, crop, fill=False, ec=ACCENT,
+                                                  ls="--", lw=1))  # fmt: skip
+        preds = [int(p) for p in show["predictions"][k]]
+        marks = ["✓" if p == label else "✗" for p in preds]
+        lines = [f"{_method_title(m)}: {_predicted(p)} {c}" for m, p, c in zip(methods, preds, marks, strict=True)]
+        ax.set(xticks=[], yticks=[], xlabel="\n".join(lines))
+        ax.set_title(f"test image {int(show['image_indices'][k])}\nlabel {label}", fontsize=9)
+    fig.suptitle(f"Input images and each readout's prediction\n(dashed: the {crop} x {crop} crop the network sees)",
+                 fontsize=10)  # fmt: skip
+
+
+def spikes_raster(run: StoredRun, fig) -> None:
+    show, g = run.showcase(), run.geometry
+    n = min(len(show["images"]), 3)
+    duration = show["best_voltages_mV"].shape[-1] * float(show["dt_ms"])
+    fig.set_size_inches(9, 2.2 + 2.6 * n)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    for k, ax in enumerate(axes):
+        here = show["spike_sample"] == k
+        neuron, times = show["spike_neuron"][here], show["spike_time_ms"][here]
+        spiking = np.unique(neuron)
+        order = spiking[np.lexsort((spiking // g.n_locations, spiking % g.n_locations))]  # location-major
+        row = {int(j): r for r, j in enumerate(order)}
+        rows = np.array([row[int(j)] for j in neuron], dtype=int)
+        best = np.isin(neuron, show["best_voters"][k])
+        ax.plot(times[~best], rows[~best], "|", color="#fe9929", ms=5, label="other Y neurons")
+        ax.plot(times[best], rows[best], "|", color=ACCENT, ms=7, mew=1.5, label="best voter of its location")
+        for edge in np.flatnonzero(np.diff(order % g.n_locations)) + 0.5:  # between locations
+            ax.axhline(edge, color="0.85", lw=0.6)
+        ax.set(xlim=(0, duration), ylim=(len(order) - 0.5, -0.5))
+        if len(order) <= 30:
+            ax.set_yticks(range(len(order)), [f"{j % g.n_locations}/{j // g.n_locations}" for j in order], fontsize=7)
+        else:
+            ax.set_yticks([])
+        ax.set_ylabel(f"{len(order)} spiking Y neurons\n(location/filter)", fontsize=8)
+        ax.set_title(_sample_title(show, k), fontsize=9, loc="left")
+        if k == 0:
+            ax.legend(frameon=False, loc="lower right", bbox_to_anchor=(1, 1), ncol=2, fontsize=8)
+    axes[-1].set_xlabel("time in the sample (ms)")
+    fig.suptitle("Spike times of the Y neurons that spiked, test samples presented with the final state", fontsize=10)
+
+
 #: Every figure, name -> function(run, fig) drawing into a matplotlib Figure (raises MissingData to be skipped).
 FIGURES = {f.__name__: f for f in (weights_xy, weights_yy, competition_histogram, votes, votes_distribution,
                                    accuracy_per_label, confusion, accuracy_top_n, scores, spikes_best,
-                                   theta)}  # fmt: skip
+                                   theta, learning_curve, voltages_best, input_prediction,
+                                   spikes_raster)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- output
