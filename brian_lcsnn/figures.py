@@ -579,16 +579,39 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
 
 
 def _plot_command(args) -> int:
+    across = args.runs is not None or args.x or args.y or args.compare_architectures
+    if across:  # figures across runs: brian_lcsnn.compare
+        if args.run_dir is not None or args.figures:
+            raise RunError("lcsnn plot: RUN_DIR/--figure (one run) or --runs/--x/--y/--compare-architectures "
+                           "(across runs), not both")  # fmt: skip
+        from . import compare
+
+        return compare.plot_command(args)
+    if args.run_dir is None:
+        raise RunError("lcsnn plot: give RUN_DIR, or --x COL --y COL / --compare-architectures (with --runs FILTER)")
     for written in plot_run(args.run_dir, args.figures, args.format):
         print(written)
     return 0
 
 
 def register(subparsers) -> None:
-    """Add ``lcsnn plot RUN_DIR [--figure NAME ...] [--format png|svg|pdf]``."""
-    plot = subparsers.add_parser("plot", help="draw a run's figures from its stored files (no simulation)")
-    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory")
+    """Add ``lcsnn plot RUN_DIR [--figure NAME ...] [--format png|svg|pdf]`` and, across the runs of a results
+    folder, ``lcsnn plot [--runs KEY=VALUE ...] (--x COL --y COL [--score COL] | --compare-architectures)``."""
+    plot = subparsers.add_parser("plot", help="draw a run's figures, or figures across runs (no simulation)")
+    plot.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
     plot.add_argument("--figure", dest="figures", action="append", metavar="NAME",
                       help=f"a figure to draw (repeatable; default: all): {', '.join(FIGURES)}")  # fmt: skip
     plot.add_argument("--format", choices=FORMATS, default="png", help="file format (default: png)")
+    across = plot.add_argument_group("across runs (the index of a results folder; finished runs only)")
+    across.add_argument("--runs", action="append", metavar="KEY=VALUE",
+                        help="keep runs whose column or dotted protocol key equals VALUE (as lcsnn runs --filter); "
+                             "repeatable, all must hold; default: every finished run")  # fmt: skip
+    across.add_argument("--x", metavar="COL", help="grid search: x axis, a column or a dotted protocol path")
+    across.add_argument("--y", metavar="COL", help="grid search: y axis (e.g. c_w, parameters.yy.A_pos)")
+    across.add_argument("--score", default="best_voting", metavar="COL",
+                        help="grid search: the score, a numeric column (default best_voting; linear, ...)")  # fmt: skip
+    across.add_argument("--compare-architectures", action="store_true",
+                        help="accuracy vs total parameters per architecture: figure, CSV, markdown")  # fmt: skip
+    across.add_argument("--results", type=Path, help="results folder (default: $BRIAN_LCSNN_RESULTS or ./results)")
+    across.add_argument("--out", type=Path, help="output folder (default: <results>/figures)")
     plot.set_defaults(handler=_plot_command)

@@ -25,7 +25,7 @@ import yaml
 from .readout import VOTING_METHODS
 from .results import RunError, default_results_root, read_json
 
-__all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", "register"]
+__all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", "parse_filters", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -386,13 +386,19 @@ def _cell(column: str, value) -> str:
     return "-" if value is None else str(value)
 
 
-def _cmd_runs(args) -> int:
+def parse_filters(items, option: str = "--filter") -> dict:
+    """``["KEY=VALUE", ...]`` (command-line filters) as ``{key: value}``; RunError naming the bad item."""
     filters = {}
-    for item in args.filters:
+    for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise RunError(f"--filter {item!r}: expected KEY=VALUE")
+            raise RunError(f"{option} {item!r}: expected KEY=VALUE")
         filters[key.strip()] = value.strip()
+    return filters
+
+
+def _cmd_runs(args) -> int:
+    filters = parse_filters(args.filters)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if unknown := [c for c in columns or () if c not in COLUMNS]:
         raise RunError(f"--columns: unknown column(s) {', '.join(unknown)}; columns: {', '.join(COLUMNS)}")
