@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from brian2 import Hz, get_dimensions, ms, mV
@@ -100,7 +101,7 @@ def test_quickstart():
     # defaults filled in
     assert p["simulation"] == {"device": "cpp_standalone", "time_per_sample": "250 ms", "dt": "1 ms",
                                "samples_per_chunk": 1000, "float": "float64", "threads": 1}
-    assert p["readout"] == {"linear": "logistic", "top_n": []}
+    assert p["readout"] == {"linear": "logistic", "top_n": [], "showcase": 3}
     assert p["parameters"] == {"input": {}, "neuron": {"refractory_steps": 2}, "xy": {}, "normalisation": {}, "yy": {}}
     assert set(p.data) == set(DEFAULTS)
 
@@ -373,6 +374,37 @@ def test_full_explicit_fixture_keeps_every_value():
     assert files["neuron"].parameters["refractory_steps"] == 5
     assert files["xy"].parameters["nu_dep"] == pytest.approx(2e-4)
     assert same_quantity(files["yy"].parameters["w_psp"], 0.5 * mV)
+
+
+def test_learning_curve_keys_are_resolved():
+    p = load_protocol(FIXTURES / "valid" / "learning_curve_tiny.yaml")
+    train = p["phases"][0]
+    assert train["evaluate_every"] == 100 and train["evaluate"] == {"calibrate": 100, "test": 100}
+    assert "evaluate_every" not in p["phases"][1] and "evaluate" not in p["phases"][2]
+    assert p["readout"]["showcase"] == 2
+
+
+def test_evaluation_sizes_of_an_own_dataset_are_checked_when_it_is_loaded(tmp_path):
+    # MNIST's split sizes are known when the protocol is read; a folder's only once its data is loaded
+    from brian_lcsnn.runner import _check_evaluation_sizes
+
+    class Dataset:
+        name = "own"
+
+        def __init__(self, size):
+            self.size = size
+
+        def split(self, name):
+            return np.zeros((self.size, 28, 28)), np.zeros(self.size)
+
+    phase = {"type": "train", "n": 10, "evaluate_every": 5, "evaluate": {"calibrate": 10, "test": 20000}}
+    data = {"dataset": {"name": "own", "path": str(tmp_path)}, "simulation": {"samples_per_chunk": 5},
+            "phases": [phase]}  # fmt: skip
+    protocol = load_protocol(write(tmp_path, data))
+    assert protocol["phases"][0]["evaluate"]["test"] == 20000
+    _check_evaluation_sizes(protocol, Dataset(20000))
+    with pytest.raises(ProtocolError, match=r"phases\[0\]\.evaluate\.test: 20000 images, but the test split of own"):
+        _check_evaluation_sizes(protocol, Dataset(19999))
 
 
 # ---------------------------------------------------------------- regressions: bugs found by these tests, now fixed
