@@ -1,7 +1,8 @@
 """An index of the run directories of a results folder (SQLite), and the commands that browse it.
 
 ``<results>/index.sqlite`` holds one flat row per run (`COLUMNS`: ``run.json``, ``protocol.yaml`` and the last
-test phase of ``scores.json`` summarised, the whole protocol as JSON in ``params_json``). It is only a cache:
+test phase of ``scores.json`` summarised, the sweep and trial of run.json's ``tags``, the whole protocol as JSON
+in ``params_json``). It is only a cache:
 `RunIndex.rebuild` recreates it from the directories, `RunIndex.sync` re-reads just the runs whose ``run.json``
 or ``scores.json`` changed (size and mtime are kept in the row) and drops vanished ones. WAL mode and a busy
 timeout let several processes write at once. A run whose files cannot be read is left out with a warning
@@ -30,16 +31,17 @@ __all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
-SCHEMA_VERSION = 1  # a different version in an existing index: the table is recreated (and filled by sync)
+SCHEMA_VERSION = 2  # a different version in an existing index: the table is recreated (and filled by sync)
 _TEXT = {"id", "name", "status", "started", "finished", "architecture", "yy_init", "yy_pairs", "device",
-         "best_voting_method", "params_json"}  # fmt: skip
+         "best_voting_method", "sweep", "trial", "params_json"}  # fmt: skip
 _REAL = {"mean_weight", "c_w", "wall_seconds", "best_voting", "best_voting_error", "linear"}
 #: The row's columns (stable names) with their SQLite types.
 COLUMNS = {
     name: "TEXT" if name in _TEXT else "REAL" if name in _REAL else "INTEGER"
     for name in ("id name status seed started finished architecture n_filters kernel_size stride mean_weight c_w "
                  "yy_init yy_pairs device y_neurons xy_synapses yy_synapses total_parameters train_samples "
-                 "wall_seconds best_voting best_voting_method best_voting_error linear test_n params_json").split()
+                 "wall_seconds best_voting best_voting_method best_voting_error linear test_n sweep trial "
+                 "params_json").split()
 }  # fmt: skip
 DEFAULT_COLUMNS = ("id", "name", "status", "architecture", "n_filters", "kernel_size", "mean_weight", "c_w",
                    "train_samples", "best_voting", "linear")  # fmt: skip
@@ -120,6 +122,8 @@ def _read_row(run_dir: Path) -> dict | None:
                    linear=last.get("linear", {}).get("accuracy"))  # fmt: skip
         row["test_n"] = next((s["n"] for s in last.values() if s.get("n") is not None), None)
         current = run_dir / "protocol.yaml"
+        tags = info.get("tags") if isinstance(info.get("tags"), dict) else {}
+        row["sweep"], row["trial"] = tags.get("sweep"), tags.get("trial")  # a sweep's runs (brian_lcsnn.sweep)
         row["params_json"] = json.dumps(protocol, default=str)
     except Exception as err:  # noqa: BLE001 -- a bad run directory is reported, never fatal
         logger.warning("%s: cannot be read (%s: %s); run skipped", current, type(err).__name__, err)
@@ -357,6 +361,7 @@ def register(subparsers) -> None:
     runs.add_argument("--results", **results)
     runs.add_argument("--filter", dest="filters", action="append", default=[], metavar="KEY=VALUE",
                       help="keep runs whose column or (dotted) protocol key equals VALUE; repeatable")  # fmt: skip
+    runs.add_argument("--sweep", metavar="NAME", help="only the runs of this sweep (--filter sweep=NAME)")
     runs.add_argument("--sort", metavar="COLUMN", help="sort by a column")
     runs.add_argument("--desc", action="store_true", help="sort in descending order")
     fmt = runs.add_mutually_exclusive_group()
@@ -399,6 +404,8 @@ def parse_filters(items, option: str = "--filter") -> dict:
 
 def _cmd_runs(args) -> int:
     filters = parse_filters(args.filters)
+    if args.sweep is not None:
+        filters["sweep"] = args.sweep
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if unknown := [c for c in columns or () if c not in COLUMNS]:
         raise RunError(f"--columns: unknown column(s) {', '.join(unknown)}; columns: {', '.join(COLUMNS)}")
@@ -417,6 +424,8 @@ def _cmd_runs(args) -> int:
                 r["params_json"] = json.loads(r["params_json"])
         print(json.dumps(records, indent=2))
         return 0
+    if not columns and args.sweep is not None:  # the runs of a sweep differ by their trial
+        columns = [*DEFAULT_COLUMNS[:3], "seed", "trial", *DEFAULT_COLUMNS[3:]]
     columns = columns or list(DEFAULT_COLUMNS)
     table = [columns] + [[_cell(c, r[c]) for c in columns] for r in records]
     widths = [max(len(row[k]) for row in table) for k in range(len(columns))]

@@ -459,3 +459,41 @@ def test_through_the_cli_main(several, root, monkeypatch, capsys):
     assert err.startswith("error: unknown filter key 'nope'") and err.count("\n") == 1
     assert cli.main(["show", "2024", "--results", str(root)]) == 2
     assert "ambiguous" in capsys.readouterr().err
+
+
+def _tag(run_dir: Path, **tags) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    write_json(run_dir / "run.json", {**info, "tags": tags})
+
+
+def test_sweep_and_trial_columns_and_runs_sweep(root, capsys):
+    _tag(make_run(root, A), sweep="grid", trial="network.c_w=-50 seed=1")
+    _tag(make_run(root, B, seed=2), sweep="grid", trial="network.c_w=-50 seed=2")
+    _tag(make_run(root, C), sweep="other", trial="seed=1")
+    make_run(root, "20240104-000000-d-444444")  # not in a sweep
+    with RunIndex(root) as index:
+        index.sync()
+        rows = {r["id"]: r for r in index.records()}
+    assert (rows[A]["sweep"], rows[A]["trial"]) == ("grid", "network.c_w=-50 seed=1")
+    assert rows["20240104-000000-d-444444"]["sweep"] is None and rows["20240104-000000-d-444444"]["trial"] is None
+    assert call("runs", "--results", root, "--sweep", "grid") == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:5] == ["id", "name", "status", "seed", "trial"]
+    assert [line.split()[0] for line in lines] == [A, B]
+    assert "network.c_w=-50 seed=2" in lines[1]
+    assert call("runs", "--results", root, "--sweep", "grid", "--filter", "seed=2", "--json") == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [B]
+
+
+def test_index_of_an_older_schema_is_recreated(root):
+    _tag(make_run(root, A), sweep="grid", trial="seed=1")
+    db = sqlite3.connect(str(root / INDEX_NAME))
+    db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, signature TEXT)")  # the schema of another version
+    db.execute("INSERT INTO runs VALUES ('stale', 'x')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with RunIndex(root) as index:
+        index.sync()
+        rows = index.records()
+    assert [(r["id"], r["sweep"]) for r in rows] == [(A, "grid")]
