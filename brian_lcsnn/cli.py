@@ -55,9 +55,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _command_modules():
     """Modules that add sub-commands of their own (runs in the results folder, figures)."""
-    from . import figures, store
+    from . import figures, report, store
 
-    return [store, figures]
+    return [store, figures, report]
 
 
 def _load(args):

@@ -14,6 +14,23 @@ def build_root(tmp_path_factory):
     return Path(os.environ.get("BRIAN_LCSNN_TEST_BUILD") or tmp_path_factory.mktemp("builds"))
 
 
+#: A real run in seconds (LC 4 filters on MNIST, learning curve and showcase): every file a run writes.
+TINY_RUN = FIXTURES / "protocols" / "tiny.yaml"
+TINY_RUN_OVERRIDES = ("network.n_filters=4", "simulation.samples_per_chunk=100", "phases.0.n=200",
+                      "phases.0.evaluate_every=100", "phases.0.evaluate={calibrate: 100, test: 100}",
+                      "phases.1.n=100", "phases.2.n=100", "readout.showcase=2")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_run(build_root, tmp_path_factory):
+    """One finished real tiny run, shared by the tests of a session (copy it before changing anything)."""
+    from brian_lcsnn.protocol import load_protocol
+    from brian_lcsnn.runner import run_protocol
+
+    protocol = load_protocol(TINY_RUN, TINY_RUN_OVERRIDES)
+    return run_protocol(protocol, tmp_path_factory.mktemp("tiny_run"), build_root=build_root, progress=False)
+
+
 @pytest.fixture(autouse=True)
 def _reset_brian2_device():
     yield
