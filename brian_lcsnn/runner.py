@@ -6,7 +6,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -435,7 +435,7 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
         tests = [p["name"] for p in protocol["phases"] if p["type"] == "test"]
         if protocol["readout"]["showcase"] and tests:
             start = time.perf_counter()
-            _write_showcase(run_dir, protocol, dataset, state, votes, linear, tests[-1], root_seq)
+            _write_showcase(run_dir, protocol, dataset, sim, state, votes, linear, tests[-1], root_seq)
             info["showcase_seconds"] = round(time.perf_counter() - start, 3)
             if progress:
                 print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
@@ -481,7 +481,7 @@ def _check_evaluation_sizes(protocol: Protocol, dataset) -> None:
 
 
 def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray, linear, images: np.ndarray,
-                     seed: int = 0) -> dict:  # fmt: skip
+                     seed: int = 0, spec: NetworkSpec | None = None) -> dict:  # fmt: skip
     """Present uint8 images (n, 28, 28) with learning off on the runtime device (numpy: no compile), recording
     every step's Y voltage and every Y spike; the state is left as it is.
 
@@ -489,10 +489,12 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
     linear readout (-1: no spike); ``scores`` (n, 10) of patch voting; for the best voter of each location (by
     patch voting: the filter whose spikes times votes for the prediction are largest) ``best_voters`` (n, L),
     ``best_voltages_mV`` (n, L, steps) and ``threshold_mV`` (n, L: v_thresh + theta); every Y spike as
-    ``spike_sample``, ``spike_neuron`` and ``spike_time_ms`` (from the start of its sample).
+    ``spike_sample``, ``spike_neuron`` and ``spike_time_ms`` (from the start of its sample). ``spec``: the
+    structure of a running simulator (its model files as loaded then), else the protocol's.
     """
     g, n = protocol.geometry, len(images)
-    sim = make_simulator(protocol, "runtime", samples_per_chunk=n)
+    spec = replace(spec or make_simulator(protocol).spec, samples_per_chunk=n)  # one chunk of n samples
+    sim = Simulator(spec, device="runtime", float_dtype=protocol["simulation"]["float"])
     sim.prepare()
     out = sim.run_chunk(_rates(protocol, images), np.zeros(n), state, seed=seed, plastic={},
                         norm_target=_norm_target(protocol), record_voltages=True)  # fmt: skip
@@ -505,7 +507,7 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
     best = contribution.argmax(axis=1) * g.n_locations + np.arange(g.n_locations)  # (n, L) neuron indices
     steps = sim.spec.steps_per_sample
     voltages = out.voltages[:, : n * steps].reshape(g.n_neurons, n, steps).transpose(1, 0, 2)
-    v_thresh = protocol.model_files()["neuron"].parameters.get("v_thresh")
+    v_thresh = spec.neuron.parameters.get("v_thresh")
     v_thresh_mV = float(v_thresh / b2.mV) if v_thresh is not None else np.nan
     dt_ms = float(sim.spec.dt / b2.ms)
     neuron, times = out.spikes
@@ -525,15 +527,15 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
     }
 
 
-def _write_showcase(run_dir: Path, protocol: Protocol, dataset, state: NetworkState, votes, linear, test: str,
-                    root_seq: np.random.SeedSequence) -> None:  # fmt: skip
+def _write_showcase(run_dir: Path, protocol: Protocol, dataset, sim: Simulator, state: NetworkState, votes, linear,
+                    test: str, root_seq: np.random.SeedSequence) -> None:  # fmt: skip
     """``showcase.npz``: the first ``readout.showcase`` samples of the last test phase presented once more with the
     final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
     with np.load(run_dir / "counts" / f"{test}.npz", allow_pickle=False) as data:
         indices = data["image_indices"][: protocol["readout"]["showcase"]]
     images, labels = dataset.split("test")
     seed = _chunk_seed(_branch(root_seq, SHOWCASE_BRANCH))
-    shown = present_recorded(protocol, state, votes, linear, images[indices], seed)
+    shown = present_recorded(protocol, state, votes, linear, images[indices], seed, sim.spec)
     methods = list(shown.pop("predictions").items())
     write_npz(run_dir / "showcase.npz", images=images[indices], labels=labels[indices], image_indices=indices,
               phase=np.array(test), methods=np.array([m for m, _ in methods]),

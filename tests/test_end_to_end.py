@@ -7,11 +7,12 @@ import pytest
 
 from brian_lcsnn.cli import main
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, TINY_RUN, TINY_RUN_OVERRIDES
 
 pytestmark = [pytest.mark.standalone, pytest.mark.network]
 
 TINY = FIXTURES / "protocols" / "tiny.yaml"
+NO_SHOWCASE = ["--set", "readout.showcase=0"]  # the showcase has its own test: keep the others quick
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_tiny_protocol_learns_mnist(env, tmp_path, capsys):
 
 def test_same_seed_same_result_and_no_recompile(env, tmp_path, capsys):
     argv = ["run", str(TINY), "--results", str(tmp_path), "--quiet", "--set", "phases.0.n=100",
-            "--set", "phases.1.n=200", "--set", "phases.2.n=100"]  # fmt: skip
+            "--set", "phases.1.n=200", "--set", "phases.2.n=100", *NO_SHOWCASE]  # fmt: skip
     assert main(argv) == 0
     assert main(argv) == 0
     first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
@@ -173,7 +174,7 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(env, tmp_path, capsys,
     import sys
 
     argv = ["run", str(TINY), "--quiet", "--set", "simulation.samples_per_chunk=100", "--set", "phases.0.n=300",
-            "--set", "phases.1.n=300", "--set", "phases.2.n=300"]  # fmt: skip
+            "--set", "phases.1.n=300", "--set", "phases.2.n=300", *NO_SHOWCASE]  # fmt: skip
     whole = tmp_path / "whole"
     assert main([*argv, "--results", str(whole)]) == 0
     killed = tmp_path / "killed"
@@ -199,7 +200,7 @@ def test_reloaded_run_reproduces_its_test_scores_and_predicts(env, tmp_path, cap
     from brian_lcsnn.api import load_run
 
     argv = ["run", str(TINY), "--quiet", "--results", str(tmp_path), "--set", "phases.0.n=200",
-            "--set", "phases.1.n=300", "--set", "phases.2.n=200"]  # fmt: skip
+            "--set", "phases.1.n=300", "--set", "phases.2.n=200", *NO_SHOWCASE]  # fmt: skip
     assert main(argv) == 0
     run_dir = tmp_path / capsys.readouterr().out.strip().splitlines()[-1].split("/")[-1]
     run = load_run(run_dir)
@@ -225,7 +226,7 @@ def test_two_runs_at_once_into_one_results_folder(env, tmp_path, capsys):
     import sys
 
     argv = [sys.executable, "-m", "brian_lcsnn", "run", str(TINY), "--quiet", "--results", str(tmp_path),
-            "--set", "phases.0.n=100", "--set", "phases.1.n=200", "--set", "phases.2.n=100"]  # fmt: skip
+            "--set", "phases.0.n=100", "--set", "phases.1.n=200", "--set", "phases.2.n=100", *NO_SHOWCASE]  # fmt: skip
     procs = [subprocess.Popen([*argv, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for seed in (1, 2)]  # fmt: skip
     outputs = [proc.communicate(timeout=600) for proc in procs]
@@ -233,3 +234,97 @@ def test_two_runs_at_once_into_one_results_folder(env, tmp_path, capsys):
     assert main(["runs", "--results", str(tmp_path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert sorted((r["seed"], r["status"]) for r in listed) == [(1, "finished"), (2, "finished")]
+
+
+def _curve_scores(run_dir):
+    curve = json.loads((run_dir / "curves" / "train.json").read_text())
+    return [(p["samples"], p["scores"]) for p in curve["points"]]
+
+
+def test_learning_curve_leaves_the_run_as_it_was_and_survives_kill_9(env, build_root, tiny_run, tmp_path, capsys):
+    """The key test of the learning curve: the same weights, thresholds and scores as without it, to the bit;
+    a killed run resumes with the points it had written and ends with the uninterrupted run's curve."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from brian_lcsnn.protocol import load_protocol
+    from brian_lcsnn.runner import run_protocol
+
+    protocol = load_protocol(TINY_RUN, TINY_RUN_OVERRIDES)
+    train = protocol["phases"][0]
+    plain_overrides = [o for o in TINY_RUN_OVERRIDES if not o.startswith("phases.0.evaluate")]
+    plain = load_protocol(TINY_RUN, [*plain_overrides, "readout.showcase=0"])
+    assert "evaluate" not in plain["phases"][0]
+    without = run_protocol(plain, tmp_path / "plain", build_root=build_root, progress=False)
+    with_curve = tiny_run
+    for name in ("state.npz", "states/train.npz", "states/test.npz", "counts/test.npz", "readout/votes.npz"):
+        a, b = np.load(with_curve / name), np.load(without / name)
+        assert a.files == b.files
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
+    assert (with_curve / "scores.json").read_text() == (without / "scores.json").read_text()
+    assert not (without / "curves").exists() and not (without / "showcase.npz").exists()
+
+    points = _curve_scores(with_curve)
+    assert [samples for samples, _ in points] == list(range(0, train["n"] + 1, train["evaluate_every"]))
+    for _, scores in points:
+        assert {"patch_voting", "all_voting", "spikes_first", "linear"} <= set(scores)
+        assert all(e["n"] == train["evaluate"]["test"] and 0 <= e["accuracy"] <= 1 for e in scores.values())
+    assert points[0][1] != points[-1][1]  # the network learned between the points
+    record = json.loads((with_curve / "run.json").read_text())["phases"][0]
+    assert record["curve"] == "curves/train.json" and 0 < record["evaluation_seconds"] < record["wall_seconds"]
+
+    # killed after the first training chunk: the point at 0 is on disk, the next one maybe not
+    killed = tmp_path / "killed"
+    argv = [sys.executable, "-m", "brian_lcsnn", "run", str(TINY_RUN), "--quiet", "--results", str(killed),
+            *(arg for o in TINY_RUN_OVERRIDES for arg in ("--set", o)), *NO_SHOWCASE]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = _wait_for_checkpoint(killed, 1, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = json.loads((run_dir / "curves" / "train.json").read_text())["points"]
+    assert before and before[0]["samples"] == 0
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    after = json.loads((run_dir / "curves" / "train.json").read_text())["points"]
+    assert after[0] == before[0]  # kept as written (its wall time too), not recomputed
+    assert _curve_scores(run_dir) == points
+    assert (run_dir / "scores.json").read_text() == (with_curve / "scores.json").read_text()
+    np.testing.assert_array_equal(np.load(run_dir / "state.npz")["xy_w"], np.load(with_curve / "state.npz")["xy_w"])
+
+
+def test_showcase_holds_voltages_and_spike_times_of_the_first_test_samples(tiny_run):
+    from brian_lcsnn.protocol import load_protocol
+
+    protocol = load_protocol(TINY_RUN, TINY_RUN_OVERRIDES)
+    g = protocol.geometry
+    show = np.load(tiny_run / "showcase.npz")
+    counts = np.load(tiny_run / "counts" / "test.npz")
+    n, steps, locations, neurons = protocol["readout"]["showcase"], 250, g.n_locations, g.n_neurons
+    np.testing.assert_array_equal(show["image_indices"], counts["image_indices"][:n])
+    np.testing.assert_array_equal(show["labels"], counts["labels"][:n])
+    assert show["images"].shape == (n, 28, 28) and show["images"].dtype == np.uint8
+    assert list(show["methods"]) == ["patch_voting", "all_voting", "spikes_first", "linear"]
+    assert show["predictions"].shape == (n, 4) and show["predictions"].min() >= -1
+    np.testing.assert_array_equal(show["best_voters"] % locations, np.tile(np.arange(locations), (n, 1)))
+    v, threshold = show["best_voltages_mV"], show["threshold_mV"]
+    assert v.shape == (n, locations, steps) and np.isfinite(v).all()
+    assert (v < threshold[:, :, None]).all()  # recorded at the start of a step: a crossing is reset in its step
+    sample, neuron, time_ms = show["spike_sample"], show["spike_neuron"], show["spike_time_ms"]
+    assert ((time_ms >= 0) & (time_ms < steps)).all() and ((sample >= 0) & (sample < n)).all()
+    # the spike times are the showcase's spike counts
+    assert show["counts"].shape == (n, g.n_filters, locations)
+    np.testing.assert_array_equal(np.bincount(sample * neurons + neuron, minlength=n * neurons).reshape(n, neurons),
+                                  show["counts"].reshape(n, neurons))  # fmt: skip
+    resets = 0
+    for k in range(n):
+        for loc, j in enumerate(show["best_voters"][k]):
+            for t in time_ms[(sample == k) & (neuron == j)].astype(int):
+                if t + 1 < steps:  # the step after a spike starts at v_reset
+                    assert v[k, loc, t + 1] == pytest.approx(-65.0), (k, loc, t)
+                    resets += 1
+    assert resets > 0
+    assert json.loads((tiny_run / "run.json").read_text())["showcase_seconds"] > 0
