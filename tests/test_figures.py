@@ -1,4 +1,5 @@
-"""Tests of brian_lcsnn.figures: every figure from a tiny fake run directory, the LC weight tiling, the CLI."""
+"""Tests of brian_lcsnn.figures: every figure from a tiny fake run directory, the LC weight tiling, the CLI, and
+every figure of a real tiny run (the session's `tiny_run`: learning curve and showcase included)."""
 
 import argparse
 import json
@@ -12,14 +13,23 @@ import pytest
 import yaml
 
 from brian_lcsnn import figures
-from brian_lcsnn.figures import FIGURES, load_stored_run, plot_run, register, tile_lc_weights, top_n_accuracies
+from brian_lcsnn.figures import (
+    FIGURES,
+    learning_curves,
+    load_stored_run,
+    plot_run,
+    register,
+    tile_lc_weights,
+    top_n_accuracies,
+)
 from brian_lcsnn.results import RunError
 from brian_lcsnn.topology import ARCHITECTURES, Geometry, competing, competition_pairs, local_pairs
 
-pytestmark = pytest.mark.codegen_independent
+codegen_independent = pytest.mark.codegen_independent  # every test but the real run's
 
 GEOMETRY = Geometry(crop=8, kernel_size=4, stride=2, n_filters=4)  # side 3, 9 locations, 36 Y neurons
 N_TEST = 30
+SHOWCASE, STEPS = 2, 50  # fake showcase: 2 samples of 50 steps
 REAL_RUNS = [Path("/tmp/proto/yy/results"), Path("/tmp/proto/results")]
 
 
@@ -76,7 +86,31 @@ def fake_run(tmp_path):
                        "spikes_first": {**entry, "accuracy": acc / 3},
                        "linear": {**entry, "accuracy": 0.5}}}  # fmt: skip
     (run / "scores.json").write_text(json.dumps(scores))
+    points = [{"samples": n, "seconds": 1.0, "scores": {m: {**e, "accuracy": min(1.0, e["accuracy"] + n / 20)}
+                                                        for m, e in scores["test"].items()}} for n in (0, 5, 10)]
+    curve = {"phase": "train", "evaluate_every": 5, "calibrate": 40, "test": N_TEST, "points": points}
+    (run / "curves").mkdir()
+    (run / "curves" / "train.json").write_text(json.dumps(curve))
+    _write_npz(run / "showcase.npz", **_fake_showcase(rng))
     return run
+
+
+def _fake_showcase(rng):
+    """showcase.npz as the runner writes it: images, predictions, best voters' voltages, every spike."""
+    g, n = GEOMETRY, SHOWCASE
+    best = rng.integers(0, g.n_filters, (n, g.n_locations)) * g.n_locations + np.arange(g.n_locations)
+    sample = np.repeat(np.arange(n), 40)
+    neuron = np.where(np.arange(2 * 40) % 2, best[sample, rng.integers(0, g.n_locations, 2 * 40)],
+                      rng.integers(0, g.n_neurons, 2 * 40))  # fmt: skip
+    counts = np.bincount(sample * g.n_neurons + neuron, minlength=n * g.n_neurons).reshape(n, g.n_filters, -1)
+    return {"images": rng.integers(0, 256, (n, 28, 28)).astype(np.uint8), "labels": np.array([7, 2], dtype=np.uint8),
+            "image_indices": np.arange(n), "phase": np.array("test"), "crop": g.crop,
+            "methods": np.array(["patch_voting", "all_voting", "spikes_first", "linear"]),
+            "predictions": np.array([[7, 7, 1, 7], [-1, 3, 2, 2]]), "counts": counts.astype(np.uint16),
+            "best_voters": best, "best_voltages_mV": rng.uniform(-80, -55, (n, g.n_locations, STEPS)),
+            "threshold_mV": np.full((n, g.n_locations), -50.0) + rng.uniform(0, 5, (n, g.n_locations)),
+            "spike_sample": sample, "spike_neuron": neuron, "spike_time_ms": rng.integers(0, STEPS, 2 * 40) * 1.0,
+            "dt_ms": 1.0}  # fmt: skip
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -93,6 +127,7 @@ def _check_pngs(paths):
         assert 300 <= width <= 4000 and 200 <= height <= 4000, (path.name, width, height)
 
 
+@codegen_independent
 def test_every_figure_writes_a_png(fake_run):
     paths = plot_run(fake_run)
     assert [p.name for p in paths] == [f"{name}.png" for name in FIGURES]
@@ -100,6 +135,7 @@ def test_every_figure_writes_a_png(fake_run):
     _check_pngs(paths)
 
 
+@codegen_independent
 def test_named_figures_and_other_formats(fake_run):
     (svg,) = plot_run(fake_run, ["confusion"], fmt="svg")
     assert svg.name == "confusion.svg" and b"<svg" in svg.read_bytes()[:500]
@@ -107,6 +143,7 @@ def test_named_figures_and_other_formats(fake_run):
     assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
+@codegen_independent
 def test_figures_without_their_data_are_skipped(fake_run, caplog):
     state = dict(np.load(fake_run / "state.npz"))
     state["yy_w"][:] = -100.0  # a competition that did not learn
@@ -119,6 +156,7 @@ def test_figures_without_their_data_are_skipped(fake_run, caplog):
     assert "did not learn" in caplog.text and "counts/test.npz" in caplog.text
 
 
+@codegen_independent
 def test_unknown_figure_is_a_run_error(fake_run):
     with pytest.raises(RunError, match="unknown figure 'nope'"):
         plot_run(fake_run, ["votes", "nope"])
@@ -126,6 +164,7 @@ def test_unknown_figure_is_a_run_error(fake_run):
         plot_run(fake_run / "figures")
 
 
+@codegen_independent
 def test_top_n_at_10_is_the_stored_patch_voting(fake_run):
     run = load_stored_run(fake_run)
     acc = top_n_accuracies(run)
@@ -134,6 +173,7 @@ def test_top_n_at_10_is_the_stored_patch_voting(fake_run):
     assert figures._readout(run)[3] == "patch_voting"  # the best voting rule of scores.json
 
 
+@codegen_independent
 def test_stored_run_shapes(fake_run):
     run = load_stored_run(fake_run)
     assert run.geometry == GEOMETRY and run.test_phase == "test"
@@ -142,6 +182,7 @@ def test_stored_run_shapes(fake_run):
     assert run.state()["xy_w"].shape == (GEOMETRY.n_xy,)
 
 
+@codegen_independent
 def test_tile_lc_weights_puts_a_weight_where_the_thesis_draws_it():
     g = GEOMETRY  # 2 x 2 grid of 4 x 4 kernels per location: blocks of 8 pixels, image 24 x 24
     pre, post = local_pairs(g)
@@ -158,6 +199,7 @@ def test_tile_lc_weights_puts_a_weight_where_the_thesis_draws_it():
     assert np.array_equal(tile_lc_weights(w[perm], g, pre[perm], post[perm]), image)
 
 
+@codegen_independent
 def test_tile_lc_weights_leaves_empty_grid_slots_blank():
     g = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3)  # ceil(sqrt 3) = 2: one empty slot per location
     image = tile_lc_weights(np.arange(g.n_xy, dtype=float) + 1, g)
@@ -169,6 +211,7 @@ def test_tile_lc_weights_leaves_empty_grid_slots_blank():
         tile_lc_weights(np.ones(5), g)
 
 
+@codegen_independent
 @pytest.mark.skipif("C" not in ARCHITECTURES, reason="no convolution architecture")
 def test_weights_of_a_convolution_are_drawn_once(fake_run):
     protocol = yaml.safe_load((fake_run / "protocol.yaml").read_text())
@@ -178,6 +221,7 @@ def test_weights_of_a_convolution_are_drawn_once(fake_run):
     _check_pngs([path])
 
 
+@codegen_independent
 def test_plot_command(fake_run, capsys):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -197,6 +241,7 @@ def _real_run():
     return None
 
 
+@codegen_independent
 @pytest.mark.skipif(_real_run() is None, reason="no finished run under /tmp/proto")
 def test_real_run_all_figures_fast(tmp_path):
     run = shutil.copytree(_real_run(), tmp_path / _real_run().name)
@@ -204,8 +249,100 @@ def test_real_run_all_figures_fast(tmp_path):
     paths = plot_run(run)
     elapsed = time.perf_counter() - start
     assert elapsed < 30, f"{elapsed:.1f} s"
-    assert len(paths) >= len(FIGURES) - 2  # a run with a fixed competition has no YY figures
+    absent = {"weights_yy", "competition_histogram"}  # a run with a fixed competition has no YY figures
+    if not (run / "curves").is_dir():  # runs from before learning curves and showcases
+        absent.add("learning_curve")
+    if not (run / "showcase.npz").is_file():
+        absent |= {"voltages_best", "input_prediction", "spikes_raster"}
+    assert {p.stem for p in paths} >= set(FIGURES) - absent
     _check_pngs(paths)
     stored = json.loads((run / "scores.json").read_text())
     test = next(iter(stored.values()))
     assert top_n_accuracies(load_stored_run(run))[10]["accuracy"] == pytest.approx(test["patch_voting"]["accuracy"])
+
+
+@codegen_independent
+def test_new_figures_without_their_data_are_skipped(fake_run, caplog):
+    (fake_run / "curves" / "train.json").unlink()
+    (fake_run / "showcase.npz").unlink()
+    names = ["learning_curve", "voltages_best", "input_prediction", "spikes_raster"]
+    with caplog.at_level("WARNING", logger="brian_lcsnn.figures"):
+        assert plot_run(fake_run, names) == []
+    assert "no learning curve" in caplog.text and caplog.text.count("no showcase.npz") == 3
+
+
+@codegen_independent
+def test_learning_curves_count_every_training_sample(fake_run):
+    protocol = yaml.safe_load((fake_run / "protocol.yaml").read_text())
+    protocol["phases"].insert(1, {"type": "train", "name": "more", "n": 20})
+    (fake_run / "protocol.yaml").write_text(yaml.safe_dump(protocol))
+    shutil.copy(fake_run / "curves" / "train.json", fake_run / "curves" / "more.json")
+    curves = learning_curves(load_stored_run(fake_run))
+    assert [(phase, offset) for phase, offset, _ in curves] == [("train", 0), ("more", 10)]  # after train's 10
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FIGURES["learning_curve"](load_stored_run(fake_run), fig)
+    patch_voting = next(line for line in fig.axes[0].lines if line.get_label() == "patch voting")
+    assert list(patch_voting.get_xdata()) == [0, 5, 10]
+    xs = sorted({x for line in fig.axes[0].lines for x in np.atleast_1d(line.get_xdata()) if line.get_marker() == "o"})
+    assert xs == [0, 5, 10, 15, 20]  # the second phase's points shifted by 10
+
+
+@codegen_independent
+def test_voltages_best_draws_each_best_voters_trace_threshold_and_spikes(fake_run):
+    from matplotlib.figure import Figure
+
+    run = load_stored_run(fake_run)
+    show = run.showcase()
+    fig = Figure()
+    FIGURES["voltages_best"](run, fig)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == GEOMETRY.n_locations
+    for loc, ax in enumerate(axes):
+        trace, threshold, spikes = ax.lines
+        np.testing.assert_array_equal(trace.get_ydata(), show["best_voltages_mV"][0, loc])
+        assert threshold.get_ydata()[0] == show["threshold_mV"][0, loc]
+        mine = (show["spike_sample"] == 0) & (show["spike_neuron"] == show["best_voters"][0, loc])
+        assert sorted(spikes.get_xdata()) == sorted(show["spike_time_ms"][mine])
+
+
+@codegen_independent
+def test_input_prediction_marks_the_crop_and_every_prediction(fake_run):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FIGURES["input_prediction"](load_stored_run(fake_run), fig)
+    first, second = fig.axes
+    (crop,) = first.patches
+    assert crop.get_xy() == (9.5, 9.5) and crop.get_width() == GEOMETRY.crop  # (28 - 8) / 2 = 10
+    expected = ["patch voting: 7 ✓", "all voting: 7 ✓", "spikes first: 1 ✗", "linear: 7 ✓"]
+    assert first.get_xlabel().splitlines() == expected
+    assert second.get_xlabel().splitlines()[0] == "patch voting: none ✗"
+
+
+@codegen_independent
+def test_spikes_raster_draws_every_spike_of_each_sample(fake_run):
+    from matplotlib.figure import Figure
+
+    run = load_stored_run(fake_run)
+    show = run.showcase()
+    fig = Figure()
+    FIGURES["spikes_raster"](run, fig)
+    assert len(fig.axes) == SHOWCASE
+    for k, ax in enumerate(fig.axes):
+        drawn = sorted(x for line in ax.lines if line.get_marker() == "|" for x in line.get_xdata())
+        assert drawn == sorted(show["spike_time_ms"][show["spike_sample"] == k])
+
+
+@pytest.mark.standalone
+@pytest.mark.network
+def test_every_figure_of_a_real_tiny_run(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / tiny_run.name)
+    start = time.perf_counter()
+    paths = plot_run(run)
+    elapsed = time.perf_counter() - start
+    fixed = {"weights_yy", "competition_histogram"}  # a fixed competition has nothing to draw there
+    assert {p.stem for p in paths} == set(FIGURES) - fixed
+    _check_pngs(paths)
+    assert elapsed < 30, f"{elapsed:.1f} s"
