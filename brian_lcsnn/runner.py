@@ -63,9 +63,8 @@ class Progress:
         self.start += seconds
 
 
-def make_simulator(protocol: Protocol, device: str | None = None, build_root=None,
-                   samples_per_chunk: int | None = None) -> Simulator:  # fmt: skip
-    """The simulator of a protocol's network structure (``samples_per_chunk``: the protocol's unless given)."""
+def make_simulator(protocol: Protocol, device: str | None = None, build_root=None) -> Simulator:
+    """The simulator of a protocol's network structure."""
     sim = protocol["simulation"]
     models = protocol.model_files()
     spec = NetworkSpec(
@@ -75,7 +74,7 @@ def make_simulator(protocol: Protocol, device: str | None = None, build_root=Non
         xy=models["xy"],
         normalisation=models["normalisation"],
         yy=models["yy"],
-        samples_per_chunk=samples_per_chunk or sim["samples_per_chunk"],
+        samples_per_chunk=sim["samples_per_chunk"],
         time_per_sample=parse_quantity(sim["time_per_sample"]),
         dt=parse_quantity(sim["dt"]),
     )
