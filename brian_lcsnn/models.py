@@ -26,7 +26,10 @@ MODEL_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
         "required": ("equations", "on_pre"),
         "optional": ("on_post", "first_step_end", "step_end", "transmit", "kernel_equations", "kernel_step_end"),
     },
-    "normalisation": {"required": ("target_equations", "synapse_equations", "sample_end"), "optional": ("kernel_equations",)},
+    "normalisation": {
+        "required": ("target_equations", "synapse_equations", "sample_end"),
+        "optional": ("target_sample_end", "kernel_equations"),
+    },
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

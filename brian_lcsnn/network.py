@@ -83,6 +83,11 @@ class BuiltNetwork:
     voltages: b2.StateMonitor | None = None  # Y's v every step, only when asked (single presentations)
 
     @property
+    def norm_target_group(self):
+        """The group whose shared ``norm_target`` a run sets: wherever the normalisation model declares it."""
+        return next(g for g in (self.kernels, self.Y, self.XY) if g is not None and "norm_target" in g.variables)
+
+    @property
     def xy_weights(self):
         """The group whose ``w`` is the learnable XY state (the kernels of a C network, else the synapses)."""
         return self.kernels if self.kernels is not None else self.XY
@@ -189,7 +194,9 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
         # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
         for updater in XY.summed_updaters.values():
             updater._clock = sample_clock
-        XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=0,
+        # after the sums (Brian2 runs them at order -1): the target's part (once per neuron), then the synapses'
+        _group_code(spec.normalisation, Y, "target_sample_end", "Y_normalise", clock=sample_clock, when="groups", order=0)
+        XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=1,
                          name="XY_normalise")  # fmt: skip
     yy_equations = b2.Equations(spec.yy.section("equations"))
     if g.yy_pairs == "all":

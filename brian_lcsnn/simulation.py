@@ -249,7 +249,7 @@ class Simulator:
             b.xy_weights.w: state.xy_w,
             b.YY.w: state.yy_w,
             b.Y.theta: state.theta * b2.volt,
-            b.xy_weights.norm_target: float(norm_target),
+            b.norm_target_group.norm_target: float(norm_target),
             b.rng.seed: int(seed),
         }
         for group, flag in _plastic_flags(b, plastic).items():
@@ -288,7 +288,7 @@ class Simulator:
         b.Y.theta[:] = state.theta * b2.volt
         for group, flag in _plastic_flags(b, plastic).items():
             group.plastic = flag
-        b.xy_weights.norm_target = float(norm_target)
+        b.norm_target_group.norm_target = float(norm_target)
         b2.seed(int(seed))
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})

@@ -127,7 +127,7 @@ def test_competition_and_normalisation():
     assert yy.section("on_post") is None
     norm = load_model("normalise_incoming", expected_kind="normalisation")
     assert norm.parameters == {}
-    assert set(norm.sections) == {"target_equations", "synapse_equations", "sample_end"}
+    assert set(norm.sections) == {"target_equations", "synapse_equations", "target_sample_end", "sample_end"}
 
 
 def test_expected_kind_mismatch_names_where():
