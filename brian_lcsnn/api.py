@@ -19,9 +19,9 @@ import numpy as np
 
 from . import readout
 from .data import load_dataset
-from .protocol import PHASE_SPLIT, Protocol, load_protocol
+from .protocol import Protocol, load_protocol
 from .results import RunError, read_json
-from .runner import _load_readouts, _prepare, _run_phase, present_recorded, read_state
+from .runner import _load_readouts, _phase_images, _prepare, _run_phase, present_recorded, read_state
 from .simulation import NetworkState, Simulator
 
 __all__ = ["LoadedRun", "load_run", "read_png"]
@@ -81,7 +81,7 @@ class LoadedRun:
             raise RunError(f"phase {name!r} is a {phase['type']} phase; rerun takes a test phase")
         sim = self._simulator()
         seqs = np.random.SeedSequence(self.protocol["seed"]).spawn(1 + len(self.protocol["phases"]))
-        images, labels = self._dataset.split(PHASE_SPLIT["test"])
+        images, labels = _phase_images(self._dataset, phase)
         _, out = _run_phase(sim, phase, images, labels, self.state_before(name), self.protocol, seqs[1 + k],
                             progress=False)  # fmt: skip
         g = self.protocol.geometry

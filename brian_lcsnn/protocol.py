@@ -18,7 +18,8 @@ import yaml
 from .models import ModelError, load_model, parse_quantity, read_yaml
 from .topology import ARCHITECTURES, YY_PAIRS, Geometry, GeometryError
 
-__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "is_plastic", "PHASE_TYPES", "DEFAULTS"]
+__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "is_plastic", "phase_split", "PHASE_TYPES",
+           "DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ PROJECTIONS = ("XY", "YY")
 SAMPLINGS = ("with_replacement", "shuffled", "ordered")
 #: The data split each phase type draws from (the thesis's split).
 PHASE_SPLIT = {"train": "train", "calibrate": "calibration", "test": "test"}
+SPLITS = ("train", "calibration", "test")
 
 #: Every key a protocol may have, with its default (None: required or optional without default).
 DEFAULTS = {
@@ -59,8 +61,8 @@ DEFAULTS = {
 #: projection between them (lock: freeze, optionally at a value; clear: set to 0), never the equations.
 PHASE_KEYS = {
     "train": ("type", "name", "n", "sampling", "learn", "evaluate_every", "evaluate"),
-    "calibrate": ("type", "name", "n", "sampling"),
-    "test": ("type", "name", "n", "sampling"),
+    "calibrate": ("type", "name", "n", "sampling", "split", "skip"),
+    "test": ("type", "name", "n", "sampling", "split", "skip"),
     "lock": ("type", "name", "projection", "value"),
     "unlock": ("type", "name", "projection"),
     "clear": ("type", "name", "projection"),
@@ -291,6 +293,9 @@ def validate(data: dict, path: Path) -> dict:
         if kind in ("train", "calibrate", "test"):
             entry["n"] = _int(phase.get("n"), f"{pw}.n", 1)
             entry["sampling"] = _choice(phase.get("sampling") or DEFAULT_SAMPLING[kind], SAMPLINGS, f"{pw}.sampling")
+            if kind != "train":  # e.g. validate on calibration images that the calibrate phase did not see
+                entry["split"] = _choice(phase.get("split") or PHASE_SPLIT[kind], SPLITS, f"{pw}.split")
+                entry["skip"] = _int(phase.get("skip", 0), f"{pw}.skip", 0)
         else:
             entry["projection"] = _choice(phase.get("projection"), PROJECTIONS, f"{pw}.projection")
         if kind == "train":
@@ -367,6 +372,11 @@ def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protoc
                                 f"{need} model ({hint}), got {models[role].path.name}")  # fmt: skip
     _resolve_learning(protocol.data["phases"], {"XY": models["xy"], "YY": models["yy"]}, path)
     return protocol
+
+
+def phase_split(phase: dict) -> tuple[str, int]:
+    """The data split a phase draws its samples from, and how many images at its start it leaves out."""
+    return phase.get("split") or PHASE_SPLIT[phase["type"]], phase.get("skip", 0)
 
 
 def is_plastic(model) -> bool:

@@ -18,7 +18,7 @@ from . import readout
 from .data import center_crop, load_dataset, pixel_rates
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
-from .protocol import PHASE_SPLIT, Protocol
+from .protocol import PHASE_SPLIT, Protocol, phase_split
 from .results import new_run_dir, read_json, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
@@ -392,7 +392,7 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 save_checkpoint(k + 1, 0, state, None)
                 write_json(run_dir / "run.json", info)
                 continue
-            images, labels = dataset.split(PHASE_SPLIT[phase["type"]])
+            images, labels = _phase_images(dataset, phase)
             phase_resume = resume if k == done_phases else None
             curve = _learning_curve(run_dir, phase, protocol, dataset, seq, sim, phase_resume)
             state, out = _run_phase(
@@ -409,7 +409,7 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 record["evaluation_seconds"] = round(out.evaluation_seconds, 3)
             if out.counts is not None:
                 write_npz(run_dir / "counts" / f"{phase['name']}.npz", counts=out.counts, labels=out.labels,
-                          image_indices=out.indices)  # fmt: skip
+                          image_indices=out.indices + phase_split(phase)[1])  # fmt: skip  (within the split)
                 shaped = out.counts.reshape(len(out.counts), g.n_filters, g.n_locations)
                 record["no_spike_samples"] = int((out.counts.sum(axis=1) == 0).sum())
                 record["mean_spikes_per_sample"] = round(float(out.counts.sum(axis=1).mean()), 2)
@@ -467,11 +467,26 @@ def _learning_curve(run_dir: Path, phase: dict, protocol: Protocol, dataset, seq
     return LearningCurve(phase, protocol, dataset, seq, points, save=lambda doc: write_json(path, doc))
 
 
+def _phase_images(dataset, phase: dict):
+    """The images and labels a train, calibrate or test phase draws from (its split, less the skipped start)."""
+    split, skip = phase_split(phase)
+    images, labels = dataset.split(split)
+    return images[skip:], labels[skip:]
+
+
 def _check_evaluation_sizes(protocol: Protocol, dataset) -> None:
-    """The learning curves' subsets fit the data set's splits (MNIST's are checked with the protocol)."""
+    """The phases and the learning curves' subsets fit the data set's splits, before anything runs."""
     from .protocol import ProtocolError
 
     for k, phase in enumerate(protocol["phases"]):
+        if phase["type"] in PHASE_SPLIT:
+            split, skip = phase_split(phase)
+            available = len(dataset.split(split)[1]) - skip
+            needed = 1 if phase["sampling"] == "with_replacement" else phase["n"]
+            if needed > available:
+                raise ProtocolError(f"{protocol.path}: phases[{k}]: {phase['n']} {phase['sampling']} images from the "
+                                    f"{split} split of {dataset.name} after skipping {skip}, but it has "
+                                    f"{available + skip}")  # fmt: skip
         for key, n in (phase.get("evaluate") or {}).items():
             available = len(dataset.split(PHASE_SPLIT[key])[1])
             if n > available:
@@ -532,7 +547,7 @@ def _write_showcase(run_dir: Path, protocol: Protocol, dataset, sim: Simulator, 
     final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
     with np.load(run_dir / "counts" / f"{test}.npz", allow_pickle=False) as data:
         indices = data["image_indices"][: protocol["readout"]["showcase"]]
-    images, labels = dataset.split("test")
+    images, labels = dataset.split(phase_split(next(p for p in protocol["phases"] if p["name"] == test))[0])
     seed = _chunk_seed(_branch(root_seq, SHOWCASE_BRANCH))
     shown = present_recorded(protocol, state, votes, linear, images[indices], seed, sim.spec)
     methods = list(shown.pop("predictions").items())

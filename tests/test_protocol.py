@@ -95,8 +95,8 @@ def test_quickstart():
     assert p["dataset"] == {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"}
     assert p["phases"] == [
         {"type": "train", "name": "train", "n": 2000, "sampling": "with_replacement", "learn": ["XY"]},
-        {"type": "calibrate", "name": "calibrate", "n": 5000, "sampling": "ordered"},
-        {"type": "test", "name": "test", "n": 5000, "sampling": "ordered"},
+        {"type": "calibrate", "name": "calibrate", "n": 5000, "sampling": "ordered", "split": "calibration", "skip": 0},
+        {"type": "test", "name": "test", "n": 5000, "sampling": "ordered", "split": "test", "skip": 0},
     ]
     # defaults filled in
     assert p["simulation"] == {"device": "cpp_standalone", "time_per_sample": "250 ms", "dt": "1 ms",
@@ -177,7 +177,8 @@ def test_explicit_phase_name_and_sampling_are_kept(tmp_path):
               {"type": "calibrate", "n": 2, "sampling": "with_replacement"}]
     p = load_protocol(write(tmp_path, {"phases": phases}))
     assert p["phases"] == [{"type": "train", "name": "warmup", "n": 3, "sampling": "shuffled", "learn": ["XY"]},
-                           {"type": "calibrate", "name": "calibrate", "n": 2, "sampling": "with_replacement"}]
+                           {"type": "calibrate", "name": "calibrate", "n": 2, "sampling": "with_replacement",
+                            "split": "calibration", "skip": 0}]
 
 
 def test_validate_does_not_modify_its_input(tmp_path):
@@ -444,3 +445,35 @@ def test_default_phase_name_avoids_explicit_names(tmp_path):
     p = load_protocol(write(tmp_path, {"phases": phases}))
     names = [ph["name"] for ph in p["phases"]]
     assert len(set(names)) == 3
+
+
+def test_validation_split_phases(tmp_path):
+    """A test phase can score calibration images the calibrate phase left out (tuning without the test set)."""
+    import numpy as np
+
+    from brian_lcsnn.protocol import phase_split
+    from brian_lcsnn.runner import _check_evaluation_sizes, _phase_images
+
+    path = tmp_path / "validate.yaml"
+    path.write_text(
+        "phases:\n  - {type: train, n: 10}\n  - {type: calibrate, n: 6}\n"
+        "  - {type: test, name: validation, n: 4, split: calibration, skip: 6}\n"
+    )
+    p = load_protocol(path)
+    validation = p["phases"][2]
+    assert phase_split(validation) == ("calibration", 6)
+    assert phase_split(p["phases"][1]) == ("calibration", 0)
+
+    class Tiny:
+        name = "tiny"
+
+        def split(self, which):
+            n = {"train": 20, "calibration": 10, "test": 5}[which]
+            return np.arange(n).reshape(n, 1, 1), np.arange(n) % 10
+
+    images, labels = _phase_images(Tiny(), validation)
+    assert images[:, 0, 0].tolist() == [6, 7, 8, 9] and labels.tolist() == [6, 7, 8, 9]
+    _check_evaluation_sizes(p, Tiny())  # 6 + 4 calibration images: fits exactly
+    too_many = load_protocol(path, ["phases.2.n=5"])
+    with pytest.raises(ProtocolError, match=r"phases\[2\]: 5 ordered images from the calibration split of tiny after skipping 6"):
+        _check_evaluation_sizes(too_many, Tiny())
