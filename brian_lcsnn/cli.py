@@ -55,9 +55,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _command_modules():
     """Modules that add sub-commands of their own (runs in the results folder, figures)."""
-    from . import figures, report, store
+    from . import figures, report, store, sweep
 
-    return [store, figures, report]
+    return [store, figures, report, sweep]
 
 
 def _load(args):

@@ -629,7 +629,7 @@ def _trial_main(spec: dict) -> int:
             index.sync()
             rows = index.records({"sweep": spec["sweep"], "trial": spec["trial"]})
         done = [r for r in rows if r["status"] == "finished"]
-        build_root = spec.get("build_root")
+        build_root = _worker_build_root(spec.get("build_root"), spec.get("worker", "0"))
         if done:
             run_dir = results / done[-1]["id"]
         elif rows:  # interrupted (killed) or failed: finish it from its last checkpoint
@@ -662,7 +662,7 @@ def run_trial_process(spec: dict, worker: str, retries: int = 1) -> dict:
         error = f"results folder {results} is not visible on {socket.gethostname()}: the workers need a shared one"
         return {"trial": spec["trial"], "status": "failed", "run": None, "scores": None, "seconds": 0.0,
                 "worker": worker, "error": error}  # fmt: skip
-    spec = {**spec, "build_root": str(_worker_build_root(spec.get("build_root"), worker))}
+    spec = {**spec, "worker": worker}  # the trial finds the worker's build folder (Brian2 is not imported here)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per worker
     start = time.perf_counter()
     for attempt in range(retries + 1):
@@ -753,7 +753,8 @@ class DaskExecutor:
             from distributed import Client, LocalCluster
         except ImportError:
             raise RunError("the Dask executor needs the 'distributed' package: pip install distributed") from None
-        self.build_root, self.retries, self.cluster = build_root, retries, None
+        self.build_root = None if build_root is None else str(build_root)  # on the workers' paths too
+        self.retries, self.cluster = retries, None
         if local_cluster:
             self.cluster = LocalCluster(n_workers=local_cluster, threads_per_worker=1, processes=True,
                                         dashboard_address=None)  # fmt: skip
@@ -910,15 +911,18 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
     """Run ``trials`` (none of them finished) keeping the executor's workers busy; records failures as they
     come. Returns ``{trial key: result}``."""
     failures = _read_failures(results, sweep.name)
-    queue, running, out = list(trials), {}, {}
-    while queue or running:
+    queue, running, out, report = list(trials), {}, {}, False
+    while True:
         while queue and len(running) < executor.capacity() and (deadline is None or time.time() < deadline):
             trial = queue.pop(0)
             running[executor.submit(_spec(sweep, results, trial))] = trial
-        if not running:
-            logger.warning("sweep %s: max_hours reached; %d trials not started", sweep.name, len(queue))
-            break
         meter.running = len(running)
+        if report:  # after the refill: "running" is what runs now
+            meter.line()
+        if not running:
+            if queue:
+                logger.warning("sweep %s: max_hours reached; %d trials not started", sweep.name, len(queue))
+            break
         future, result = executor.wait_one(list(running))
         trial = running.pop(future)
         out[trial.key] = result = {**result, "trial": trial.key}
@@ -935,8 +939,7 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
             logger.warning("sweep %s: trial %s failed: %s", sweep.name, trial.key, result["error"])
         write_json(_sweep_dir(results, sweep.name) / "failures.json", failures)
-        meter.running = len(running)
-        meter.line()
+        report = True
     return out
 
 

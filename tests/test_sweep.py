@@ -1,0 +1,353 @@
+"""Sweeps (brian_lcsnn.sweep): sweep files, trial generation, and real sweeps of a tiny protocol (LC 4 filters,
+200 samples per phase) on the local executor and on a Dask LocalCluster of 2 workers, with a client killed
+mid-sweep and a trial killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brian_lcsnn.cli import main
+from brian_lcsnn.results import RunError
+from brian_lcsnn.sweep import (
+    Trial,
+    grid_trials,
+    load_sweep,
+    objective_value,
+    random_trials,
+    run_sweep,
+)
+
+SWEEPS = Path(__file__).parent / "sweeps"
+TINY_GRID = SWEEPS / "tiny_grid.yaml"
+
+# ---------------------------------------------------------------- sweep files (no simulation)
+
+
+@pytest.mark.codegen_independent
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("unknown_key", "axis: unknown key"),
+        ("bad_range", "axes.network.c_w: min must be < max"),
+        ("grid_without_num", "axes.network.c_w: a grid range needs num"),
+        ("bad_objective", "objective: no test phase 'validation'"),
+        ("bad_trial", "network.mean_weight: must be > 0"),
+        ("unknown_protocol_key", "network.n_filter: unknown key"),
+        ("missing_protocol", "protocol: no such protocol file"),
+        ("random_without_n", "search.n: a random search needs n"),
+        ("bad_seeds", "seeds[1]: expected an integer"),
+    ],
+)
+def test_bad_sweep_file_is_one_line_exit_2_and_runs_nothing(name, key, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["sweep", str(SWEEPS / f"{name}.yaml"), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{name}.yaml" in err[0] and key in err[0], err
+    assert not results.exists()
+
+
+@pytest.mark.codegen_independent
+def test_grid_is_the_product_of_the_axes_with_every_seed():
+    sweep = load_sweep(SWEEPS / "searches.yaml")
+    trials = grid_trials(sweep)
+    assert len(trials) == 3 * 2 * 2 * 3 * 2 * 2  # mean_weight, c_w, tau_tgt, nu_pot, stride; x 2 seeds
+    assert len({t.key for t in trials}) == len(trials)
+    assert [t.seed for t in trials[:4]] == [1, 2, 1, 2]  # seeds innermost
+    assert sorted({t.values["network.mean_weight"] for t in trials}) == [0.3, 0.4, 0.5]  # linspace, tidied
+    assert sorted({t.values["parameters.xy.nu_pot"] for t in trials}) == [1e-5, 1e-4, 1e-3]  # geometric
+    assert sorted({t.values["network.stride"] for t in trials}) == [2, 4]
+    first = trials[0]
+    assert first.values == {"network.mean_weight": 0.3, "network.c_w": -100, "parameters.neuron.tau_tgt": 10,
+                            "parameters.xy.nu_pot": 1e-5, "network.stride": 2}  # fmt: skip
+    overrides = sweep.overrides(first)
+    assert overrides[0] == "network.n_filters=4"  # the sweep's fixed values first
+    assert "parameters.neuron.tau_tgt=10 ms" in overrides and overrides[-1] == "seed=1"
+    assert "parameters.xy.nu_pot=1.0e-05" in overrides  # a float in YAML (1e-05 would read as a string)
+    from brian_lcsnn.protocol import load_protocol
+
+    protocol = load_protocol(sweep.protocol_path, overrides)
+    assert protocol["parameters"]["xy"]["nu_pot"] == 1e-5 and protocol["parameters"]["neuron"]["tau_tgt"] == "10 ms"
+    assert protocol["network"]["n_filters"] == 4 and protocol["seed"] == 1
+    assert sweep.objective == "test.linear" and sweep.budget == {"max_trials": 1000, "max_hours": 2}
+
+
+@pytest.mark.codegen_independent
+def test_random_draws_are_reproducible_and_within_their_ranges(tmp_path):
+    path = tmp_path / "random.yaml"
+    path.write_text(f"""
+protocol: {SWEEPS.parent / "fixtures" / "protocols" / "tiny.yaml"}
+axes:
+  network.mean_weight: {{min: 0.2, max: 0.7}}
+  parameters.xy.nu_pot: {{min: 1.0e-4, max: 1.0e-1, log: true}}
+  network.c_w: {{min: -200, max: -10, type: int}}
+  readout.linear: [logistic, sgd]
+seeds: [1, 2]
+search: {{method: random, n: 40, seed: 7}}
+""")
+    sweep = load_sweep(path)
+    trials = random_trials(sweep)
+    assert trials == random_trials(load_sweep(path))  # the same trials on every start
+    sets = [t.values for t in trials[::2]]
+    assert len(sets) == 40 and [t.seed for t in trials[:2]] == [1, 2]
+    assert all(0.2 <= v["network.mean_weight"] <= 0.7 for v in sets)
+    assert all(isinstance(v["network.c_w"], int) and -200 <= v["network.c_w"] <= -10 for v in sets)
+    assert {v["readout.linear"] for v in sets} == {"logistic", "sgd"}
+    logs = np.log10([v["parameters.xy.nu_pot"] for v in sets])
+    assert logs.min() >= -4 and logs.max() <= -1 and (logs < -2.5).sum() > 8  # log-uniform: low decades too
+
+
+@pytest.mark.codegen_independent
+def test_objective_value():
+    def s(**acc):
+        return {m: {"accuracy": a, "error": 0.0, "n": 10, "no_spike": 0} for m, a in acc.items()}
+
+    scores = {"test": s(patch_voting=0.5, all_voting=0.6, spikes_first=0.4, linear=0.9),
+              "test_late": s(patch_voting=0.7, all_voting=0.6, spikes_first=0.8, linear=0.95)}  # fmt: skip
+    assert objective_value(scores, "best_voting") == 0.8  # the last test phase
+    assert objective_value(scores, "test.best_voting") == 0.6
+    assert objective_value(scores, "linear") == 0.95 and objective_value(scores, "test.patch_voting") == 0.5
+    assert objective_value({}, "best_voting") is None
+
+
+@pytest.mark.codegen_independent
+def test_a_restart_with_another_base_protocol_is_refused(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    from brian_lcsnn.sweep import _claim
+
+    _claim(load_sweep(TINY_GRID), results).close()
+    with pytest.raises(RunError, match="ran another base protocol"):
+        _claim(load_sweep(TINY_GRID, ["phases.0.n=300"]), results)
+    held = _claim(load_sweep(TINY_GRID), results)
+    with pytest.raises(RunError, match="running in another process"):
+        _claim(load_sweep(TINY_GRID), results)
+    held.close()
+
+
+# ---------------------------------------------------------------- real sweeps
+
+
+def real(test):
+    """A test that runs real sweeps: compiled builds on MNIST."""
+    return pytest.mark.standalone(pytest.mark.network(test))
+
+
+def _runs(results: Path) -> dict:
+    """{trial key: run directory} of the runs in a results folder (one run per trial expected)."""
+    runs = {}
+    for run_json in results.glob("*/run.json"):
+        trial = json.loads(run_json.read_text())["tags"]["trial"]
+        assert trial not in runs, f"trial {trial} ran twice"
+        runs[trial] = run_json.parent
+    return runs
+
+
+def _assert_same_results(runs: dict, reference: dict) -> None:
+    assert sorted(runs) == sorted(reference)
+    for trial, run_dir in runs.items():
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+        assert (run_dir / "scores.json").read_text() == (reference[trial] / "scores.json").read_text(), trial
+        state, ref = np.load(run_dir / "state.npz"), np.load(reference[trial] / "state.npz")
+        for key in ("xy_w", "yy_w", "theta"):
+            np.testing.assert_array_equal(state[key], ref[key])
+
+
+@pytest.fixture(scope="module")
+def local_sweep(build_root, tmp_path_factory):
+    """The tiny grid (2 mean_weight x 2 seeds) on 2 local workers: the reference of the other executors."""
+    results = tmp_path_factory.mktemp("local")
+    summary = run_sweep(load_sweep(TINY_GRID), results, workers=2, build_root=build_root, progress=False)
+    return results, summary
+
+
+@real
+def test_local_sweep_runs_every_trial_once_and_indexes_them(local_sweep, capsys):
+    results, summary = local_sweep
+    runs = _runs(results)
+    assert sorted(runs) == sorted(t.key for t in grid_trials(load_sweep(TINY_GRID)))
+    assert summary["trials"] == {"finished": 4, "failed": 0, "planned": 4, "pending": 0}
+    for trial, run_dir in runs.items():
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["status"] == "finished" and info["tags"]["sweep"] == "tiny_grid"
+        assert info["seed"] == info["tags"]["seed"] and trial.endswith(f"seed={info['seed']}")
+        protocol = (run_dir / "protocol.yaml").read_text()
+        assert f"mean_weight: {info['tags']['values']['network.mean_weight']}" in protocol
+        assert "/workers/" in info["build"]["directory"]  # each worker has its build folder
+    assert main(["runs", "--results", str(results), "--sweep", "tiny_grid", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(r["trial"] for r in listed) == sorted(runs)
+
+
+@real
+def test_seeds_summary_is_mean_and_std_of_the_stored_scores(local_sweep, capsys):
+    results, summary = local_sweep
+    runs = _runs(results)
+    stored = json.loads((results / "sweeps" / "tiny_grid" / "summary.json").read_text())
+    assert stored == json.loads(json.dumps(summary))
+    assert len(summary["parameter_sets"]) == 2
+    for group in summary["parameter_sets"]:
+        mw = group["values"]["network.mean_weight"]
+        scores = [json.loads((runs[f"network.mean_weight={mw} seed={s}"] / "scores.json").read_text()) for s in (1, 2)]
+        assert group["n"] == 2 and sorted(group["seeds"]) == [1, 2]
+        for method in ("patch_voting", "all_voting", "spikes_first", "linear"):
+            values = [s["test"][method]["accuracy"] for s in scores]
+            got = group["scores"][f"test.{method}"]
+            assert got["mean"] == pytest.approx(np.mean(values)) and got["n"] == 2
+            assert got["std"] == pytest.approx(np.std(values, ddof=1))
+        best = [max(s["test"][m]["accuracy"] for m in ("patch_voting", "all_voting", "spikes_first")) for s in scores]
+        assert group["objective"]["mean"] == pytest.approx(np.mean(best))
+        assert group["objective"]["std"] == pytest.approx(np.std(best, ddof=1))
+    # the best trial is the best single run; parameter sets are sorted by their mean objective
+    every = [
+        (objective_value(json.loads((d / "scores.json").read_text()), "test.best_voting"), t) for t, d in runs.items()
+    ]
+    assert summary["best"]["objective"] == max(every)[0]
+    means = [g["objective"]["mean"] for g in summary["parameter_sets"]]
+    assert means == sorted(means, reverse=True)
+    csv = (results / "sweeps" / "tiny_grid" / "summary.csv").read_text().splitlines()
+    assert csv[0].startswith("network.mean_weight,n,seeds,objective_mean,objective_std") and len(csv) == 3
+    # --summary: from the index, nothing run
+    assert main(["sweep", str(TINY_GRID), "--results", str(results), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 4 trials finished" in out and out.strip().endswith("summary.json")
+    assert _runs(results) == runs
+
+
+@real
+def test_dask_local_cluster_gives_the_local_results_and_survives_a_killed_trial(local_sweep, build_root,
+                                                                               tmp_path):  # fmt: skip
+    """A 2-worker LocalCluster: the same scores and states as the local executor for the same seeds, although
+    one trial's process is killed (SIGKILL) mid-run: the task retries it, which resumes its run."""
+    from brian_lcsnn.sweep import _trial_hash
+
+    reference = _runs(local_sweep[0])
+    results = tmp_path / "dask"
+    results.mkdir()
+    killed, stop = {}, threading.Event()
+
+    def kill_one_trial():
+        while not stop.is_set():
+            for run_json in results.glob("*/run.json"):
+                try:
+                    info = json.loads(run_json.read_text())
+                except ValueError:
+                    continue
+                if info.get("status") != "running" or not (run_json.parent / "checkpoint.npz").exists():
+                    continue
+                lock = (
+                    results
+                    / "sweeps"
+                    / "tiny_grid"
+                    / "locks"
+                    / f"{_trial_hash('tiny_grid', info['tags']['trial'])}.lock"
+                )
+                try:
+                    pid = int(lock.read_text().split()[0])
+                    os.killpg(pid, signal.SIGKILL)  # the trial process and the compiled binary it runs
+                except (OSError, ValueError, IndexError):
+                    continue
+                killed["trial"] = info["tags"]["trial"]
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_trial, daemon=True)
+    killer.start()
+    try:
+        summary = run_sweep(load_sweep(TINY_GRID), results, local_cluster=2, build_root=build_root, progress=False)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no trial was caught mid-run"
+    assert summary["trials"]["finished"] == 4 and summary["failed"] == []
+    runs = _runs(results)
+    _assert_same_results(runs, reference)
+    info = json.loads((runs[killed["trial"]] / "run.json").read_text())
+    assert info["resumed"] == 1  # retried from its checkpoint, not started again
+
+
+@real
+def test_sigkill_of_the_client_and_restart_reruns_no_finished_trial(local_sweep, build_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))  # the workers' build folders of the other tests
+    results = tmp_path / "killed"
+    argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(TINY_GRID), "--results", str(results), "--workers", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # kill the client once a trial finished and the next one runs
+            statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
+            if "finished" in statuses and "running" in statuses:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    time.sleep(1.5)  # the orphaned trial process notices its parent is gone and kills itself
+    before = {}
+    for run_json in results.glob("*/run.json"):
+        info = json.loads(run_json.read_text())
+        before[info["tags"]["trial"]] = (info["status"], run_json.read_bytes())
+    finished = {t for t, (status, _) in before.items() if status == "finished"}
+    assert finished and len(finished) < 4
+    assert main(["sweep", str(TINY_GRID), "--results", str(results), "--workers", "2", "--quiet"]) == 0
+    runs = _runs(results)
+    for trial in finished:  # untouched: not run again, not even rewritten
+        assert (runs[trial] / "run.json").read_bytes() == before[trial][1]
+    for trial, (status, _) in before.items():
+        if status != "finished":  # the interrupted one was resumed in its own run directory
+            assert json.loads((runs[trial] / "run.json").read_text()).get("resumed", 0) >= 1
+    _assert_same_results(runs, _runs(local_sweep[0]))
+
+
+@real
+@pytest.mark.slow
+def test_dask_worker_killed_mid_trial_loses_nothing(local_sweep, build_root, tmp_path):
+    """SIGKILL to the Dask worker process running a trial: the trial process dies with it, Dask reschedules
+    the task on a live worker, and the run resumes from its checkpoint; finished trials are kept."""
+    from distributed import Client, LocalCluster
+
+    results = tmp_path / "worker_killed"
+    results.mkdir()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:  # fmt: skip
+        killed, stop = {}, threading.Event()
+
+        def kill_a_worker():
+            while not stop.is_set():
+                running = list(results.glob("*/checkpoint.npz"))
+                busy = [w for w, keys in client.processing().items() if keys]
+                if running and busy:
+                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_a_worker, daemon=True)
+        killer.start()
+        try:
+            summary = run_sweep(load_sweep(TINY_GRID), results, scheduler=cluster.scheduler_address,
+                                build_root=build_root, progress=False)  # fmt: skip
+        finally:
+            stop.set()
+            killer.join()
+    assert killed
+    assert summary["trials"]["finished"] == 4 and summary["failed"] == []
+    _assert_same_results(_runs(results), _runs(local_sweep[0]))
+
+
+@pytest.mark.codegen_independent
+def test_trial_identity_ignores_value_order():
+    a = Trial({"network.c_w": -50, "network.mean_weight": 0.4}, 1)
+    b = Trial({"network.mean_weight": 0.4, "network.c_w": -50}, 1)
+    assert a.key == b.key == "network.c_w=-50 network.mean_weight=0.4 seed=1" and a.group == b.group
