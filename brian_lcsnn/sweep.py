@@ -112,6 +112,13 @@ class Axis:
             return _tidy(math.exp(rng.uniform(math.log(self.low), math.log(self.high))), 6)
         return _tidy(rng.uniform(self.low, self.high), 6)
 
+    def tidy(self, value):
+        """An adaptive search's suggestion rounded to 6 significant digits (within the range): readable trial
+        names, and the value the run uses is the one the study is told about after a restart."""
+        if self.values is not None or self.integer:
+            return value
+        return min(max(_tidy(value, 6), self.low), self.high)
+
     def distribution(self):
         """The Optuna distribution of this axis."""
         import optuna
@@ -970,15 +977,17 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = (optuna.samplers.CmaEsSampler(seed=sweep.search["seed"]) if sweep.search["sampler"] == "cmaes"
-               else optuna.samplers.TPESampler(seed=sweep.search["seed"]))  # fmt: skip
-    study = optuna.create_study(direction="maximize", sampler=sampler)
     distributions = {axis.key: axis.distribution() for axis in sweep.axes}
     state = _state(sweep, results)
     groups: dict[str, dict] = {}
     for run in state.values():
         group = groups.setdefault(json.dumps(run["values"], sort_keys=True), {"values": run["values"], "runs": []})
         group["runs"].append(run)
+    # a restarted sampler on the first seed would propose the first session's points again: go on from there
+    seed = sweep.search["seed"] + len(groups)
+    sampler = (optuna.samplers.CmaEsSampler(seed=seed) if sweep.search["sampler"] == "cmaes"
+               else optuna.samplers.TPESampler(seed=seed))  # fmt: skip
+    study = optuna.create_study(direction="maximize", sampler=sampler)
     resumed = 0
     for group in groups.values():
         if set(group["values"]) != set(distributions):
@@ -1009,12 +1018,15 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
             break
         resumed = 0
         asked = [study.ask(distributions) for _ in range(batch)]
-        trials = [Trial(dict(t.params), seed) for t in asked for seed in sweep.seeds]
-        todo = [t for t in trials if state.get(t.key, {}).get("status") != "finished"]
+        tidy = {axis.key: axis.tidy for axis in sweep.axes}
+        sets = [{k: tidy[k](v) for k, v in t.params.items()} for t in asked]
+        trials = [Trial(values, seed) for values in sets for seed in sweep.seeds]
+        todo = [t for t in dict(zip((t.key for t in trials), trials, strict=True)).values()  # a repeat runs once
+                if state.get(t.key, {}).get("status") != "finished"]  # fmt: skip
         out = _execute(sweep, results, executor, todo, meter, deadline)
         state = _state(sweep, results)
-        for t in asked:
-            runs = [state.get(Trial(dict(t.params), seed).key) for seed in sweep.seeds]
+        for t, values in zip(asked, sets, strict=True):
+            runs = [state.get(Trial(values, seed).key) for seed in sweep.seeds]
             values = [objective_value(r["scores"], sweep.objective) if r and r["status"] == "finished" else None
                       for r in runs]  # fmt: skip
             if None in values:
@@ -1072,7 +1084,7 @@ def _figures(sweep: Sweep, results: Path) -> None:
     `brian_lcsnn.compare` (``lcsnn plot --runs sweep=NAME --x A --y B``) where it exists; else the command is
     printed. A figure that cannot be drawn is a warning: the sweep's runs and summary are what counts."""
     numeric = [a.key for a in sweep.axes if a.values is None or all(isinstance(v, int | float) for v in a.values)]
-    if len(numeric) != 2:
+    if sweep.search["method"] != "grid" or len(numeric) != 2:
         return
     command = f"lcsnn plot --results {results} --runs sweep={sweep.name} --x {numeric[0]} --y {numeric[1]}"
     try:

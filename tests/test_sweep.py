@@ -351,3 +351,87 @@ def test_trial_identity_ignores_value_order():
     a = Trial({"network.c_w": -50, "network.mean_weight": 0.4}, 1)
     b = Trial({"network.mean_weight": 0.4, "network.c_w": -50}, 1)
     assert a.key == b.key == "network.c_w=-50 network.mean_weight=0.4 seed=1" and a.group == b.group
+
+
+class _FakeExecutor:
+    """Runs a trial by writing the run directory a finished run leaves for the index (no simulation): best
+    voting = 1 - (mean_weight - 0.45)^2 - (c_w + 60)^2 / 1e4, so that the search has something to find."""
+
+    def __init__(self, results: Path, capacity: int = 2):
+        self.results, self.workers, self.calls = results, capacity, []
+        self.description = "a fake executor"
+
+    def capacity(self) -> int:
+        return self.workers
+
+    def submit(self, spec: dict):
+        from concurrent.futures import Future
+
+        import yaml
+
+        from brian_lcsnn.protocol import load_protocol
+        from brian_lcsnn.results import new_run_dir, write_json, write_text
+
+        self.calls.append(spec["trial"])
+        protocol = load_protocol(spec["protocol"], spec["overrides"])
+        net = protocol["network"]
+        accuracy = 1 - (net["mean_weight"] - 0.45) ** 2 - (net["c_w"] + 60) ** 2 / 1e4
+        run_dir = new_run_dir(self.results, "fake")
+        write_text(run_dir / "protocol.yaml", yaml.safe_dump(protocol.data))
+        scores = {"test": {m: {"accuracy": accuracy - 0.01 * k, "error": 0.0, "n": 10, "no_spike": 0}
+                           for k, m in enumerate(("patch_voting", "all_voting", "linear"))}}  # fmt: skip
+        write_json(run_dir / "scores.json", scores)
+        tags = {k: spec[k] for k in ("sweep", "trial", "values", "seed")}
+        write_json(run_dir / "run.json", {"id": run_dir.name, "status": "finished", "seed": spec["seed"], "tags": tags})
+        future = Future()
+        future.set_result({"status": "finished", "run": run_dir.name, "error": None, "scores": scores})
+        return future
+
+    def wait_one(self, futures):
+        return futures[0], futures[0].result()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.codegen_independent
+def test_optuna_search_runs_in_batches_and_rebuilds_its_study_on_restart(tmp_path, monkeypatch):
+    from brian_lcsnn import sweep as sweep_module
+
+    results = tmp_path / "results"
+    results.mkdir()
+    fake = _FakeExecutor(results)
+    monkeypatch.setattr(sweep_module, "LocalExecutor", lambda *args, **kwargs: fake)
+
+    def sweep_file(n):
+        path = tmp_path / "optuna.yaml"
+        path.write_text(f"""
+name: opt
+protocol: {SWEEPS.parent / "fixtures" / "protocols" / "tiny.yaml"}
+set: {{network.n_filters: 4}}
+axes:
+  network.mean_weight: {{min: 0.2, max: 0.7}}
+  network.c_w: {{min: -150, max: -10}}
+search: {{method: optuna, sampler: tpe, n: {n}, seed: 3}}
+objective: test.patch_voting
+""")
+        return load_sweep(path)
+
+    summary = run_sweep(sweep_file(6), results, progress=False)
+    assert len(fake.calls) == len(set(fake.calls)) == 6 and summary["trials"]["finished"] == 6
+    values = [g["values"] for g in summary["parameter_sets"]]
+    assert all(0.2 <= v["network.mean_weight"] <= 0.7 and -150 <= v["network.c_w"] <= -10 for v in values)
+    assert all(len(f"{v['network.mean_weight']:.12g}".lstrip("0.")) <= 6 for v in values)  # 6 significant digits
+    best = max(summary["parameter_sets"], key=lambda g: g["objective"]["mean"])
+    assert summary["best"]["objective"] == best["objective"]["mean"]
+    # restarted with the same n: the study is rebuilt from the index, nothing runs
+    fake.calls.clear()
+    run_sweep(sweep_file(6), results, progress=False)
+    assert fake.calls == []
+    # a trial killed mid-run (its run left "running") is asked again first and resumed: the same trial key
+    run_json = next(results.glob("*/run.json"))
+    info = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**info, "status": "running"}))
+    summary = run_sweep(sweep_file(8), results, progress=False)
+    assert fake.calls[0] == info["tags"]["trial"] and len(fake.calls) == 3
+    assert summary["trials"]["finished"] == 8
