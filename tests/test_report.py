@@ -80,7 +80,7 @@ def running_run(tiny_run, tmp_path):
     write_json(run / "run.json", info)
     state = np.load(run / "states" / "train.npz")
     write_npz(run / "checkpoint.npz", xy_w=state["xy_w"], yy_w=state["yy_w"], theta=state["theta"], phase=0,
-              chunk=1, counts=np.zeros((0, 36), dtype=np.uint16))  # fmt: skip
+              chunk=1, counts=np.zeros((0, info["sizes"]["y_neurons"]), dtype=np.uint16))  # fmt: skip
     for rel in ("scores.json", "state.npz", "states", "counts", "readout", "curves", "showcase.npz", "competition"):
         path = run / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
