@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import ACCENT, BAR, CMAP, FORMATS, _style, _write_bytes
-from .results import RunError, default_results_root, write_text
+from .figures import ACCENT, BAR, CMAP, FORMATS, _style
+from .results import RunError, default_results_root, write_bytes, write_text
 from .store import COLUMNS, RunIndex, _lookup, _number, _text, parse_filters
 
 __all__ = ["Grid", "architecture_table", "draw_architectures", "draw_heatmap", "grid", "grid_3d_html",
@@ -312,7 +312,7 @@ def _save(draw, data, path: Path, fmt: str) -> Path:
         draw(data, fig)
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt)
-    _write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return path
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import yaml
 
 from . import readout
-from .results import RunError, read_json
+from .results import RunError, read_json, write_bytes
 from .topology import Geometry, competing, local_pairs
 
 __all__ = ["FIGURES", "FORMATS", "MissingData", "StoredRun", "load_stored_run", "plot_run", "register",
@@ -535,17 +533,6 @@ FIGURES = {f.__name__: f for f in (weights_xy, weights_yy, competition_histogram
 # ----------------------------------------------------------------------------------------------- output
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Path]:
     """Write the named figures (default: all) to ``<run>/figures/<name>.<fmt>``; returns the written paths.
 
@@ -573,7 +560,7 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt)
         target = out_dir / f"{name}.{fmt}"
-        _write_bytes(target, buf.getvalue())
+        write_bytes(target, buf.getvalue())
         written.append(target)
     return written
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RunError", "default_results_root", "new_run_dir", "write_json", "write_npz", "write_text", "read_json"]
+__all__ = ["RunError", "default_results_root", "new_run_dir", "write_bytes", "write_json", "write_npz", "write_text",
+           "read_json"]
 
 
 class RunError(ValueError):
@@ -48,6 +49,16 @@ def new_run_dir(root: Path, name: str) -> Path:
             continue
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's are owner-only: results are meant to be shared)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -55,11 +66,16 @@ def _atomic(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), _FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda h: h.write(data))
 
 
 def write_text(path: Path, text: str) -> None:
