@@ -13,9 +13,9 @@ a time), a subprocess isolates crashes and memory, and "a killed worker" is then
 watches its parent and kills itself (and the compiled binary it runs) when the parent is gone, so a trial never
 outlives its worker; a per-trial lock file keeps two processes off one trial. Executors: local processes
 (default, ``--workers N``) or Dask (``--local-cluster N``, ``--scheduler tcp://HOST:PORT``). Each worker has
-its own build folder, ``<build root>/workers/<host>-<worker>``, because the C++ builds are compiled for their
-host (-march=native) and concurrent runs of one build directory would share its run_args files; compiled code
-is reused by the trials of the same structure on a worker.
+its own build folder, ``<build root>/workers/<host>-<worker>`` (locked while a trial runs in it), because the
+C++ builds are compiled for their host (-march=native) and concurrent runs of one build directory would share
+its run_args files; compiled code is reused by the trials of the same structure on a worker.
 
 Files of a sweep, under ``<results>/sweeps/<name>/``: ``sweep.json`` (the resolved sweep and its base
 protocol's hash), ``failures.json`` (failed trials and their errors), ``summary.json`` and ``summary.csv``,
@@ -636,15 +636,17 @@ def _trial_main(spec: dict) -> int:
             index.sync()
             rows = index.records({"sweep": spec["sweep"], "trial": spec["trial"]})
         done = [r for r in rows if r["status"] == "finished"]
-        build_root = _worker_build_root(spec.get("build_root"), spec.get("worker", "0"))
         if done:
             run_dir = results / done[-1]["id"]
-        elif rows:  # interrupted (killed) or failed: finish it from its last checkpoint
-            run_dir = resume_run(results / rows[-1]["id"], build_root=build_root, progress=False)
         else:
-            protocol = load_protocol(spec["protocol"], spec["overrides"])
-            tags = {"sweep": spec["sweep"], "trial": spec["trial"], "values": spec["values"], "seed": spec["seed"]}
-            run_dir = run_protocol(protocol, results, build_root=build_root, progress=False, tags=tags)
+            build_root, held = _claim_build_root(spec.get("build_root"), spec.get("worker", "0"))
+            with held:
+                if rows:  # interrupted (killed) or failed: finish it from its last checkpoint
+                    run_dir = resume_run(results / rows[-1]["id"], build_root=build_root, progress=False)
+                else:
+                    protocol = load_protocol(spec["protocol"], spec["overrides"])
+                    tags = {k: spec[k] for k in ("sweep", "trial", "values", "seed")}
+                    run_dir = run_protocol(protocol, results, build_root=build_root, progress=False, tags=tags)
     print(run_dir, flush=True)
     return 0
 
@@ -655,6 +657,21 @@ def _worker_build_root(base, worker: str) -> Path:
     from .simulation import default_build_root
 
     return Path(base or default_build_root()) / "workers" / f"{socket.gethostname()}-{worker}"
+
+
+def _claim_build_root(base, worker: str):
+    """The worker's build folder and its lock, held while a trial runs there: a second sweep on this host
+    with a worker of the same name takes ``<host>-<worker>.1`` (and so on) instead of sharing one folder."""
+    root = _worker_build_root(base, worker)
+    for k in itertools.count():
+        candidate = root if k == 0 else root.with_name(f"{root.name}.{k}")
+        candidate.mkdir(parents=True, exist_ok=True)
+        handle = open(candidate / "in_use.lock", "a+")  # noqa: SIM115 -- released by the caller's with
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return candidate, handle
+        except BlockingIOError:
+            handle.close()
 
 
 _LIVE: set = set()  # the trial subprocesses of this process (killed with it on Ctrl-C)

@@ -223,56 +223,60 @@ def test_seeds_summary_is_mean_and_std_of_the_stored_scores(local_sweep, capsys)
     assert _runs(results) == runs
 
 
-@real
-def test_dask_local_cluster_gives_the_local_results_and_survives_a_killed_trial(local_sweep, build_root,
-                                                                               tmp_path):  # fmt: skip
-    """A 2-worker LocalCluster: the same scores and states as the local executor for the same seeds, although
-    one trial's process is killed (SIGKILL) mid-run: the task retries it, which resumes its run."""
+def _running_trial(results: Path, name: str = "tiny_grid"):
+    """(trial key, pid of its process) of a trial that is running and has checkpointed, else None."""
     from brian_lcsnn.sweep import _trial_hash
 
-    reference = _runs(local_sweep[0])
+    for run_json in results.glob("*/run.json"):
+        try:
+            info = json.loads(run_json.read_text())
+            if info.get("status") != "running" or not (run_json.parent / "checkpoint.npz").exists():
+                continue
+            lock = results / "sweeps" / name / "locks" / f"{_trial_hash(name, info['tags']['trial'])}.lock"
+            pid = int(lock.read_text().split()[0])
+            os.kill(pid, 0)  # alive
+        except (OSError, ValueError, IndexError, KeyError):
+            continue
+        return info["tags"]["trial"], pid
+    return None
+
+
+@real
+def test_dask_local_cluster_gives_the_local_results_and_survives_a_killed_trial(local_sweep, build_root, tmp_path):
+    """A 2-worker LocalCluster: the same scores and states as the local executor for the same seeds, although
+    one trial's process is killed (SIGKILL) mid-run: the task retries it, which resumes its run."""
     results = tmp_path / "dask"
     results.mkdir()
-    killed, stop = {}, threading.Event()
-
-    def kill_one_trial():
-        while not stop.is_set():
-            for run_json in results.glob("*/run.json"):
-                try:
-                    info = json.loads(run_json.read_text())
-                except ValueError:
-                    continue
-                if info.get("status") != "running" or not (run_json.parent / "checkpoint.npz").exists():
-                    continue
-                lock = (
-                    results
-                    / "sweeps"
-                    / "tiny_grid"
-                    / "locks"
-                    / f"{_trial_hash('tiny_grid', info['tags']['trial'])}.lock"
-                )
-                try:
-                    pid = int(lock.read_text().split()[0])
-                    os.killpg(pid, signal.SIGKILL)  # the trial process and the compiled binary it runs
-                except (OSError, ValueError, IndexError):
-                    continue
-                killed["trial"] = info["tags"]["trial"]
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_trial, daemon=True)
-    killer.start()
-    try:
-        summary = run_sweep(load_sweep(TINY_GRID), results, local_cluster=2, build_root=build_root, progress=False)
-    finally:
-        stop.set()
-        killer.join()
+    summary, killed = _sweep_killing(results, lambda trial, pid: os.killpg(pid, signal.SIGKILL),
+                                     local_cluster=2, build_root=build_root)  # fmt: skip
     assert killed, "no trial was caught mid-run"
     assert summary["trials"]["finished"] == 4 and summary["failed"] == []
     runs = _runs(results)
-    _assert_same_results(runs, reference)
-    info = json.loads((runs[killed["trial"]] / "run.json").read_text())
-    assert info["resumed"] == 1  # retried from its checkpoint, not started again
+    _assert_same_results(runs, _runs(local_sweep[0]))
+    assert json.loads((runs[killed["trial"]] / "run.json").read_text())["resumed"] == 1  # resumed, not restarted
+
+
+def _sweep_killing(results: Path, kill, **executor) -> tuple[dict, dict]:
+    """The tiny grid into ``results``; meanwhile ``kill(trial, pid)`` is called once on a running trial
+    (SIGKILL to the trial's process group: the process and the compiled binary it runs)."""
+    killed, stop = {}, threading.Event()
+
+    def watch():
+        while not stop.is_set() and not killed:
+            found = _running_trial(results)
+            if found:
+                kill(*found)
+                killed["trial"] = found[0]
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = run_sweep(load_sweep(TINY_GRID), results, progress=False, **executor)
+    finally:
+        stop.set()
+        watcher.join()
+    return summary, killed
 
 
 @real
@@ -314,36 +318,22 @@ def test_sigkill_of_the_client_and_restart_reruns_no_finished_trial(local_sweep,
 def test_dask_worker_killed_mid_trial_loses_nothing(local_sweep, build_root, tmp_path):
     """SIGKILL to the Dask worker process running a trial: the trial process dies with it, Dask reschedules
     the task on a live worker, and the run resumes from its checkpoint; finished trials are kept."""
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
+
+    def kill_worker(trial, pid):
+        worker = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the trial's parent
+        os.kill(worker, signal.SIGKILL)
 
     results = tmp_path / "worker_killed"
     results.mkdir()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:  # fmt: skip
-        killed, stop = {}, threading.Event()
-
-        def kill_a_worker():
-            while not stop.is_set():
-                running = list(results.glob("*/checkpoint.npz"))
-                busy = [w for w, keys in client.processing().items() if keys]
-                if running and busy:
-                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"] = pid
-                    return
-                time.sleep(0.05)
-
-        killer = threading.Thread(target=kill_a_worker, daemon=True)
-        killer.start()
-        try:
-            summary = run_sweep(load_sweep(TINY_GRID), results, scheduler=cluster.scheduler_address,
-                                build_root=build_root, progress=False)  # fmt: skip
-        finally:
-            stop.set()
-            killer.join()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary, killed = _sweep_killing(results, kill_worker, scheduler=cluster.scheduler_address,
+                                         build_root=build_root)  # fmt: skip
     assert killed
     assert summary["trials"]["finished"] == 4 and summary["failed"] == []
-    _assert_same_results(_runs(results), _runs(local_sweep[0]))
+    runs = _runs(results)
+    _assert_same_results(runs, _runs(local_sweep[0]))
+    assert json.loads((runs[killed["trial"]] / "run.json").read_text())["resumed"] == 1
 
 
 @pytest.mark.codegen_independent
