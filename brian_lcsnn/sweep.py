@@ -801,9 +801,14 @@ class DaskExecutor:
                                   pure=False)  # fmt: skip
 
     def wait_one(self, futures: list):
+        """(future, result) of a finished trial, or None after a while: workers may have joined (a Slurm job
+        that started), so that the caller can give them trials."""
         from distributed import wait
 
-        done = wait(futures, return_when="FIRST_COMPLETED").done
+        try:
+            done = wait(futures, timeout=10, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            return None
         future = next(iter(done))
         try:
             return future, future.result()
@@ -943,11 +948,15 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
         meter.running = len(running)
         if report:  # after the refill: "running" is what runs now
             meter.line()
+            report = False
         if not running:
             if queue:
                 logger.warning("sweep %s: max_hours reached; %d trials not started", sweep.name, len(queue))
             break
-        future, result = executor.wait_one(list(running))
+        got = executor.wait_one(list(running))
+        if got is None:  # nothing finished yet: look for new workers
+            continue
+        future, result = got
         trial = running.pop(future)
         out[trial.key] = result = {**result, "trial": trial.key}
         if result["status"] == "finished":
