@@ -117,6 +117,31 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class _RunArgsInUse:
+    """A shared lock on a build directory while a run reads its run_args files (``static_arrays/init_*.dat``).
+
+    Brian2 names those files by their content, so two processes running one build with the same data (the
+    same test images, say) share a file. Whoever finishes deletes the run_args files only when no other run
+    holds the lock; otherwise the last run to finish deletes them all.
+    """
+
+    def __init__(self, build_dir: Path):
+        self.build_dir = build_dir
+        self.handle = open(build_dir / "run_args.lock", "w")  # noqa: SIM115 -- held until release()
+        fcntl.flock(self.handle, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another run is reading its files: it cleans up when it is the last one
+        else:
+            for path in (self.build_dir / "static_arrays").glob("init_*.dat*"):  # the arrays and their .lock files
+                path.unlink(missing_ok=True)
+        finally:
+            self.handle.close()  # releases the lock
+
+
 def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict:
     """The ``plastic`` gate of every group whose model has one (1: learns in training samples)."""
     flags = {}
@@ -256,6 +281,7 @@ class Simulator:
             run_args[group.plastic] = flag
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
+        in_use = _RunArgsInUse(self.build_dir)
         try:
             b2.device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
                           run_args=run_args)  # fmt: skip
@@ -271,9 +297,7 @@ class Simulator:
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
-            for name in b2.device.run_args_arrays:
-                for path in (self.build_dir / "static_arrays" / name, self.build_dir / "static_arrays" / f"{name}.lock"):
-                    path.unlink(missing_ok=True)
+            in_use.release()
         return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
 
     def _run_runtime(self, rates, learning, state, seed, plastic, norm_target, read_synapses,
