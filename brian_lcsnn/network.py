@@ -85,7 +85,11 @@ class BuiltNetwork:
     @property
     def norm_target_group(self):
         """The group whose shared ``norm_target`` a run sets: wherever the normalisation model declares it."""
-        return next(g for g in (self.kernels, self.Y, self.XY) if g is not None and "norm_target" in g.variables)
+        group = next((g for g in (self.kernels, self.Y, self.XY) if g is not None and "norm_target" in g.variables), None)
+        if group is None:
+            raise ValueError("the normalisation model declares no shared 'norm_target' (in its target_equations, "
+                             "synapse_equations or kernel_equations)")  # fmt: skip
+        return group
 
     @property
     def xy_weights(self):
@@ -217,8 +221,10 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
     if voltages is not None:
         network.add(voltages)
     network.schedule = SCHEDULE
-    return BuiltNetwork(spec, network, X, Y, XY, YY, spikes, kernels.group if kernels is not None else None,
-                        stimulus, learning_schedule, rng, voltages)  # fmt: skip
+    built = BuiltNetwork(spec, network, X, Y, XY, YY, spikes, kernels.group if kernels is not None else None,
+                         stimulus, learning_schedule, rng, voltages)  # fmt: skip
+    built.norm_target_group  # a model without it fails here, at build time, not in the first run  # noqa: B018
+    return built
 
 
 @dataclass

@@ -281,7 +281,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
     dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
-    _check_evaluation_sizes(protocol, dataset)
+    _check_split_sizes(protocol, dataset)
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
     info = {
@@ -474,7 +474,7 @@ def _phase_images(dataset, phase: dict):
     return images[skip:], labels[skip:]
 
 
-def _check_evaluation_sizes(protocol: Protocol, dataset) -> None:
+def _check_split_sizes(protocol: Protocol, dataset) -> None:
     """The phases and the learning curves' subsets fit the data set's splits, before anything runs."""
     from .protocol import ProtocolError
 

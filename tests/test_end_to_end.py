@@ -82,6 +82,16 @@ def test_wrong_equation_exits_2_with_one_line_and_writes_nothing(env, tmp_path, 
     assert not results.exists() or not any(results.iterdir())
 
 
+def test_normalisation_without_norm_target_exits_2_before_any_run(env, tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", str(TINY), "--results", str(results),
+                 "--set", f"models.normalisation={FIXTURES / 'models' / 'normalise_without_target.yaml'}"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "norm_target" in err[0]
+    assert not results.exists() or not any(results.iterdir())
+
+
 def test_cuda_without_brian2cuda_is_one_clear_line(env, tmp_path, capsys):
     pytest.importorskip("brian2", reason="needs brian2")
     try:

@@ -387,7 +387,7 @@ def test_learning_curve_keys_are_resolved():
 
 def test_evaluation_sizes_of_an_own_dataset_are_checked_when_it_is_loaded(tmp_path):
     # MNIST's split sizes are known when the protocol is read; a folder's only once its data is loaded
-    from brian_lcsnn.runner import _check_evaluation_sizes
+    from brian_lcsnn.runner import _check_split_sizes
 
     class Dataset:
         name = "own"
@@ -403,9 +403,9 @@ def test_evaluation_sizes_of_an_own_dataset_are_checked_when_it_is_loaded(tmp_pa
             "phases": [phase]}  # fmt: skip
     protocol = load_protocol(write(tmp_path, data))
     assert protocol["phases"][0]["evaluate"]["test"] == 20000
-    _check_evaluation_sizes(protocol, Dataset(20000))
+    _check_split_sizes(protocol, Dataset(20000))
     with pytest.raises(ProtocolError, match=r"phases\[0\]\.evaluate\.test: 20000 images, but the test split of own"):
-        _check_evaluation_sizes(protocol, Dataset(19999))
+        _check_split_sizes(protocol, Dataset(19999))
 
 
 # ---------------------------------------------------------------- regressions: bugs found by these tests, now fixed
@@ -452,7 +452,7 @@ def test_validation_split_phases(tmp_path):
     import numpy as np
 
     from brian_lcsnn.protocol import phase_split
-    from brian_lcsnn.runner import _check_evaluation_sizes, _phase_images
+    from brian_lcsnn.runner import _check_split_sizes, _phase_images
 
     path = tmp_path / "validate.yaml"
     path.write_text(
@@ -473,7 +473,7 @@ def test_validation_split_phases(tmp_path):
 
     images, labels = _phase_images(Tiny(), validation)
     assert images[:, 0, 0].tolist() == [6, 7, 8, 9] and labels.tolist() == [6, 7, 8, 9]
-    _check_evaluation_sizes(p, Tiny())  # 6 + 4 calibration images: fits exactly
+    _check_split_sizes(p, Tiny())  # 6 + 4 calibration images: fits exactly
     too_many = load_protocol(path, ["phases.2.n=5"])
     with pytest.raises(ProtocolError, match=r"phases\[2\]: 5 ordered images from the calibration split of tiny after skipping 6"):
-        _check_evaluation_sizes(too_many, Tiny())
+        _check_split_sizes(too_many, Tiny())
