@@ -462,7 +462,8 @@ def voltages_best(run: StoredRun, fig) -> None:
         times = show["spike_time_ms"][in_sample & (show["spike_neuron"] == best[loc])]
         ax.plot(times, np.full(len(times), threshold[loc]), "|", color="crimson", ms=9, mew=1.2)
         f = int(best[loc]) // g.n_locations
-        ax.set_title(f"location {loc}: filter {f}, {len(times)} spikes", fontsize=8)
+        what = f"{len(times)} spikes" if len(times) else "no spike (closest to threshold)"
+        ax.set_title(f"location {loc}: filter {f}, {what}", fontsize=8)
     fig.supxlabel("time in the sample (ms)", fontsize=9)
     fig.supylabel("membrane voltage v (mV)", fontsize=9)
     fig.suptitle(f"Voltage of each location's best voter, {_sample_title(show, k)}\n"

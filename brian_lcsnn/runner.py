@@ -501,7 +501,8 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
 
     Returns per sample: ``counts`` (n, F, L); ``predictions`` {method: (n,)} of every voting rule and the
     linear readout (-1: no spike); ``scores`` (n, 10) of patch voting; for the best voter of each location (by
-    patch voting: the filter whose spikes times votes for the prediction are largest) ``best_voters`` (n, L),
+    patch voting: the filter whose spikes times votes for the prediction are largest; where no filter of a
+    location votes, the one whose voltage came closest to its threshold) ``best_voters`` (n, L),
     ``best_voltages_mV`` (n, L, steps) and ``threshold_mV`` (n, L: v_thresh + theta); every Y spike as
     ``spike_sample``, ``spike_neuron`` and ``spike_time_ms`` (from the start of its sample). ``spec``: the
     structure of a running simulator (its model files as loaded then), else the protocol's.
@@ -518,11 +519,16 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
         predictions["linear"] = linear.predict(counts)
     scores = readout.voting_scores(counts, votes, "patch_voting")
     contribution = counts * votes[np.maximum(predictions["patch_voting"], 0)]  # (n, F, L)
-    best = contribution.argmax(axis=1) * g.n_locations + np.arange(g.n_locations)  # (n, L) neuron indices
     steps = sim.spec.steps_per_sample
     voltages = out.voltages[:, : n * steps].reshape(g.n_neurons, n, steps).transpose(1, 0, 2)
     v_thresh = spec.neuron.parameters.get("v_thresh")
     v_thresh_mV = float(v_thresh / b2.mV) if v_thresh is not None else np.nan
+    # A location whose filters cast no vote has no best voter by patch voting: show the filter that came
+    # closest to its threshold instead (peak v - θ; the same v_thresh for all), not filter 0 by default.
+    closest = (voltages.max(axis=2) - state.theta * 1e3).reshape(n, g.n_filters, g.n_locations)
+    silent = ~contribution.any(axis=1)  # (n, L)
+    best_filter = np.where(silent, closest.argmax(axis=1), contribution.argmax(axis=1))
+    best = best_filter * g.n_locations + np.arange(g.n_locations)  # (n, L) neuron indices
     dt_ms = float(sim.spec.dt / b2.ms)
     neuron, times = out.spikes
     step = np.rint(np.asarray(times) / float(sim.spec.dt)).astype(np.int64)

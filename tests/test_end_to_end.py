@@ -229,6 +229,14 @@ def test_reloaded_run_reproduces_its_test_scores_and_predicts(env, tmp_path, cap
     from_png = run.feed_image(png)
     assert from_png["inverted"] is True
     assert np.abs(from_png["image"].astype(int) - fed["image"]).max() <= 1
+    # a blank image makes no spike: no filter votes, so each location shows the filter closest to its
+    # threshold, which at rest is the one with the lowest theta (not filter 0)
+    matplotlib.image.imsave(png, np.zeros((28, 28)), cmap="gray", vmin=0, vmax=255)
+    blank = run.feed_image(png, invert=False)
+    assert blank["counts"].sum() == 0 and blank["prediction"] == -1
+    theta = run.state.theta.reshape(25, 9)
+    np.testing.assert_array_equal(blank["best_voters"], theta.argmin(axis=0) * 9 + np.arange(9))
+    assert (theta.argmin(axis=0) != 0).any()
 
 
 def test_two_runs_at_once_into_one_results_folder(env, tmp_path, capsys):
