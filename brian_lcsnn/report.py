@@ -23,7 +23,7 @@ import numpy as np
 
 from . import figures
 from .figures import FIGURES, MissingData, StoredRun, load_stored_run
-from .results import RunError, default_results_root, read_json, write_text
+from .results import RunError, default_results_root, is_running, read_json, write_text
 from .topology import competition_pairs, kernel_index, local_pairs
 
 __all__ = ["checkpoint_state", "progress", "register", "render_figures", "report_html", "resolve_run", "watch",
@@ -243,6 +243,8 @@ def report_html(run_dir, refresh: float | None = None) -> str:
     run = load_stored_run(run_dir)
     status = str(run.info.get("status", "unknown"))
     ck = checkpoint_state(run) if status == "running" else None
+    if status == "running" and not is_running(run.path):  # its process was killed before it could say so
+        status = "interrupted"
     if ck is not None:  # the figures read state.npz: give them the checkpoint's state instead
         run._cache["state.npz"] = {k: v for k, v in ck.items() if k not in ("phase", "chunk", "mtime")}
     drawn, skipped = render_figures(run)
@@ -255,6 +257,8 @@ def report_html(run_dir, refresh: float | None = None) -> str:
                   "tags": run.info.get("tags") or None, "versions": versions or None}  # fmt: skip
     if run.info.get("error"):
         essentials["error"] = run.info["error"]
+    if status != run.info.get("status"):
+        essentials["error"] = f"the process running it is gone (killed?); lcsnn resume {run.path.name} finishes it"
     figs = []
     for fig_name, png in drawn.items():
         data = base64.b64encode(png).decode("ascii")
@@ -293,19 +297,22 @@ def write_report(run_dir, out=None, refresh: float | None = None) -> Path:
     return out
 
 
-def _status(run_dir: Path) -> str:
+def _running(run_dir: Path) -> bool:
+    """run.json says ``running`` and its process is alive (holds the run's lock)."""
     try:
-        return str(read_json(run_dir / "run.json").get("status"))
+        status = read_json(run_dir / "run.json").get("status")
     except (OSError, ValueError) as err:
         raise RunError(f"{run_dir / 'run.json'}: cannot be read ({err})") from err
+    return status == "running" and is_running(run_dir)
 
 
 def watch(run_dir, out=None, seconds: float = 10.0, sleep=time.sleep) -> Path:
-    """Rewrite the report every ``seconds`` while the run's status is ``running`` (with a meta refresh), then
-    once more without it; Ctrl-C stops watching (and writes that last page)."""
+    """Rewrite the report every ``seconds`` while the run is running (with a meta refresh), then once more
+    without it: when it ends, or when its process is gone (killed); Ctrl-C stops watching (and writes that
+    last page)."""
     run_dir = Path(run_dir)
     try:
-        while _status(run_dir) == "running":
+        while _running(run_dir):
             path = write_report(run_dir, out, refresh=seconds)
             logger.info("report refreshed: %s", path)
             sleep(seconds)

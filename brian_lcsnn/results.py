@@ -4,6 +4,7 @@ Layout of ``<results>/<run id>/``::
 
     protocol.yaml        the resolved protocol (defaults and --set overrides filled in)
     run.json             id, status, seed, versions, device, sizes, per-phase timings
+    run.lock             locked by the process running the run (see `running_lock`); removed when it ends
     scores.json          {test phase: {method: {"accuracy", "error", "n", "no_spike"}}}
     state.npz            the final learned state: XY weights with their (pre, post) indices, YY, theta
     states/<phase>.npz   the state after each phase
@@ -13,17 +14,19 @@ Layout of ``<results>/<run id>/``::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["RunError", "default_results_root", "new_run_dir", "write_bytes", "write_json", "write_npz", "write_text",
-           "read_json"]
+           "read_json", "running_lock", "is_running"]
 
 
 class RunError(ValueError):
@@ -47,6 +50,41 @@ def new_run_dir(root: Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+@contextmanager
+def running_lock(run_dir: Path):
+    """Hold ``run_dir/run.lock`` while this process runs the run. The kernel frees the lock when the process
+    ends however it ends (kill -9 too), so a run.json that says ``running`` next to a free lock belongs to a
+    process that is gone; a second process cannot run or resume the same run at the same time."""
+    path = Path(run_dir) / "run.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir}: is being run by another process") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still locked here: no other process holds this file
+    finally:
+        os.close(fd)
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the run's `running_lock`."""
+    try:
+        fd = os.open(Path(run_dir) / "run.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _file_mode() -> int:

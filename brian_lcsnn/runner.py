@@ -19,7 +19,7 @@ from .data import center_crop, load_dataset, pixel_rates
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol, phase_split
-from .results import new_run_dir, read_json, write_json, write_npz, write_text
+from .results import is_running, new_run_dir, read_json, running_lock, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
 
@@ -302,8 +302,9 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "tags": dict(tags or {}),
         "phases": [],
     }
-    write_json(run_dir / "run.json", info)
-    return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint=None)
+    with running_lock(run_dir):
+        write_json(run_dir / "run.json", info)
+        return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint=None)
 
 
 def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, progress: bool = True) -> Path:
@@ -318,13 +319,19 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         raise RunError(f"{run_dir}: not a readable run directory ({err})") from None
     if info.get("status") == "finished":
         return run_dir
+    if is_running(run_dir):
+        raise RunError(f"{run_dir}: is being run by another process")
     protocol = load_protocol(run_dir / "protocol.yaml")
     dataset, sim, _ = _prepare(protocol, device, build_root)
-    checkpoint = _load_checkpoint(run_dir)
-    info["status"] = "running"
-    info["resumed"] = info.get("resumed", 0) + 1
-    info.pop("error", None)
-    return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
+    with running_lock(run_dir):
+        info = read_json(run_dir / "run.json")  # as the last process left it
+        if info.get("status") == "finished":
+            return run_dir
+        checkpoint = _load_checkpoint(run_dir)
+        info["status"] = "running"
+        info["resumed"] = info.get("resumed", 0) + 1
+        info.pop("error", None)
+        return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
 
 
 def _prepare(protocol: Protocol, device, build_root):

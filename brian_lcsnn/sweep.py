@@ -936,13 +936,13 @@ def _state(sweep: Sweep, results: Path) -> dict:
     return state
 
 
-def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: _Progress, deadline) -> dict:
+def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: _Progress, clock: _Clock) -> dict:
     """Run ``trials`` (none of them finished) keeping the executor's workers busy; records failures as they
     come. Returns ``{trial key: result}``."""
     failures = _read_failures(results, sweep.name)
     queue, running, out, report = list(trials), {}, {}, False
     while True:
-        while queue and len(running) < executor.capacity() and (deadline is None or time.time() < deadline):
+        while queue and len(running) < executor.capacity() and not clock.expired():
             trial = queue.pop(0)
             running[executor.submit(_spec(sweep, results, trial))] = trial
         meter.running = len(running)
@@ -972,13 +972,30 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
             logger.warning("sweep %s: trial %s failed: %s", sweep.name, trial.key, result["error"])
         write_json(_sweep_dir(results, sweep.name) / "failures.json", failures)
+        clock.save()
         report = True
     return out
 
 
-def _deadline(sweep: Sweep):
-    hours = sweep.budget["max_hours"]
-    return None if hours is None else time.time() + hours * 3600
+class _Clock:
+    """The sweep's wall time over all its invocations, so that ``budget.max_hours`` counts a restarted sweep's
+    earlier hours too; kept in ``sweeps/<name>/budget.json`` (``{"seconds": ...}``), saved as trials end."""
+
+    def __init__(self, sweep: Sweep, results: Path):
+        self.path = _sweep_dir(results, sweep.name) / "budget.json"
+        try:
+            self.before = float(read_json(self.path)["seconds"]) if self.path.exists() else 0.0
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SweepError(f"{self.path}: not a budget file of this sweep ({err})") from None
+        self.start = time.time()
+        hours = sweep.budget["max_hours"]
+        self.deadline = None if hours is None else self.start + hours * 3600 - self.before
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    def save(self) -> None:
+        write_json(self.path, {"seconds": round(self.before + time.time() - self.start, 1)})
 
 
 def _best_of(state: dict, objective: str):
@@ -992,7 +1009,9 @@ def _run_list(sweep: Sweep, results: Path, executor, planned: list[Trial], progr
     todo = [t for t in planned if state.get(t.key, {}).get("status") != "finished"]
     meter = _Progress(sweep, len(planned), len(planned) - len(todo), progress, _best_of(state, sweep.objective))
     meter.line()
-    _execute(sweep, results, executor, todo, meter, _deadline(sweep))
+    clock = _Clock(sweep, results)
+    _execute(sweep, results, executor, todo, meter, clock)
+    clock.save()
 
 
 def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
@@ -1034,8 +1053,8 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
     finished = sum(r["status"] == "finished" for r in state.values())
     meter = _Progress(sweep, total, finished, progress, _best_of(state, sweep.objective))
     meter.line()
-    deadline = _deadline(sweep)
-    while len(study.trials) < n_sets and (deadline is None or time.time() < deadline):
+    clock = _Clock(sweep, results)
+    while len(study.trials) < n_sets and not clock.expired():
         used = meter.done_before + meter.done + meter.failed
         batch = min(max(executor.capacity(), resumed), n_sets - len(study.trials))
         if max_trials:
@@ -1049,7 +1068,7 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
         trials = [Trial(values, seed) for values in sets for seed in sweep.seeds]
         todo = [t for t in dict(zip((t.key for t in trials), trials, strict=True)).values()  # a repeat runs once
                 if state.get(t.key, {}).get("status") != "finished"]  # fmt: skip
-        out = _execute(sweep, results, executor, todo, meter, deadline)
+        out = _execute(sweep, results, executor, todo, meter, clock)
         state = _state(sweep, results)
         for t, values in zip(asked, sets, strict=True):
             runs = [state.get(Trial(values, seed).key) for seed in sweep.seeds]

@@ -13,7 +13,7 @@ import pytest
 from brian_lcsnn import report
 from brian_lcsnn.cli import main
 from brian_lcsnn.figures import FIGURES
-from brian_lcsnn.results import read_json, write_json, write_npz
+from brian_lcsnn.results import read_json, running_lock, write_json, write_npz
 
 pytestmark = [pytest.mark.standalone, pytest.mark.network]
 
@@ -71,7 +71,7 @@ def test_report_opens_in_headless_chromium_with_every_image(tiny_run, tmp_path):
 
 
 @pytest.fixture
-def running_run(tiny_run, tmp_path):
+def half_run(tiny_run, tmp_path):
     """The tiny run as it was half-way through training: status running, a checkpoint after the first chunk."""
     run = shutil.copytree(tiny_run, tmp_path / tiny_run.name)
     info = read_json(run / "run.json")
@@ -85,6 +85,20 @@ def running_run(tiny_run, tmp_path):
         path = run / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return run
+
+
+@pytest.fixture
+def running_run(half_run):
+    """The half-way run with its process alive: the run's lock is held (here by this process)."""
+    with running_lock(half_run):
+        yield half_run
+
+
+@pytest.fixture
+def killed_run(half_run):
+    """The half-way run after kill -9: run.json still says running, its lock file is left and held by nobody."""
+    (half_run / "run.lock").touch()
+    return half_run
 
 
 def test_live_report_of_a_running_run(running_run):
@@ -111,6 +125,15 @@ def test_watch_refreshes_until_the_run_stops(running_run):
     final = path.read_text()
     assert path == running_run / "report.html" and "http-equiv" not in final and "interrupted" in final
     assert "<h2>Progress</h2>" not in final
+
+
+def test_watch_stops_at_once_when_the_run_was_killed(killed_run):
+    def no_sleep(seconds):
+        raise AssertionError("a killed run is not watched")
+
+    final = report.watch(killed_run, seconds=3, sleep=no_sleep).read_text()
+    assert "http-equiv" not in final and '<span class="status interrupted">interrupted</span>' in final
+    assert f"lcsnn resume {killed_run.name}" in final
 
 
 def test_report_errors_are_one_line(tmp_path, capsys):

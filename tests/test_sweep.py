@@ -425,3 +425,41 @@ objective: test.patch_voting
     summary = run_sweep(sweep_file(8), results, progress=False)
     assert fake.calls[0] == info["tags"]["trial"] and len(fake.calls) == 3
     assert summary["trials"]["finished"] == 8
+
+
+@pytest.mark.codegen_independent
+def test_max_hours_counts_every_invocation_of_a_sweep(tmp_path, monkeypatch):
+    from brian_lcsnn import sweep as sweep_module
+
+    results = tmp_path / "results"
+    results.mkdir()
+    fake = _FakeExecutor(results)
+    monkeypatch.setattr(sweep_module, "LocalExecutor", lambda *args, **kwargs: fake)
+
+    def sweep_file(hours):
+        path = tmp_path / "budget.yaml"
+        path.write_text(f"""
+name: budgeted
+protocol: {SWEEPS.parent / "fixtures" / "protocols" / "tiny.yaml"}
+set: {{network.n_filters: 4}}
+axes:
+  network.c_w: [-10, -20, -30, -40]
+search: {{method: grid}}
+objective: test.patch_voting
+budget: {{max_hours: {hours}}}
+""")
+        return load_sweep(path)
+
+    run_sweep(sweep_file(1), results, progress=False)
+    spent = json.loads((results / "sweeps" / "budgeted" / "budget.json").read_text())["seconds"]
+    assert len(fake.calls) == 4 and 0 <= spent < 60
+    # an earlier invocation used 59 of its 60 minutes: a restart may start no trial once they are gone
+    (results / "sweeps" / "budgeted" / "budget.json").write_text(json.dumps({"seconds": 3600.0}))
+    for run_json in list(results.glob("*/run.json"))[:2]:  # two trials to redo
+        run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "failed"}))
+    fake.calls.clear()
+    run_sweep(sweep_file(1), results, progress=False)
+    assert fake.calls == []
+    run_sweep(sweep_file(2), results, progress=False)  # a larger budget: the hour left is used
+    assert len(fake.calls) == 2
+    assert json.loads((results / "sweeps" / "budgeted" / "budget.json").read_text())["seconds"] >= 3600
