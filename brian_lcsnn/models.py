@@ -3,6 +3,7 @@
 A model file holds one piece of the network's dynamics (an input layer, a neuron, a plasticity rule, a
 normalisation, ...) so that a researcher can change the dynamics without touching Python. Parameters carry
 their units as strings (``"20 ms"``) and become Brian2 quantities; protocols may override them by name.
+A parameter that the equations also declare as a variable is a runtime parameter: set per run, not compiled.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ MODEL_KINDS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The sections that declare variables (Brian2 ``Equations``), where a parameter can become a runtime one.
+EQUATION_SECTIONS = ("equations", "target_equations", "synapse_equations", "kernel_equations")
+_DECLARED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:", re.MULTILINE)  # "name : unit (flags)"
 
 
 class ModelError(ValueError):
@@ -105,6 +109,20 @@ class ModelFile:
 
     def section(self, key: str) -> str | None:
         return self.sections.get(key)
+
+    @property
+    def runtime_parameters(self) -> tuple[str, ...]:
+        """Parameters that the model's equations also declare (``tau_src : second (shared, constant)``):
+        their values are set at the start of every run instead of being compiled into the code, so changing
+        one (a sweep over it, a protocol's override) reuses the compiled network."""
+        declared = {m for key in EQUATION_SECTIONS for m in _DECLARED.findall(self.sections.get(key) or "")}
+        return tuple(name for name in self.parameters if name in declared)
+
+    @property
+    def compiled_parameters(self) -> dict:
+        """The other parameters: constants of the generated code (the namespace of the model's groups)."""
+        runtime = set(self.runtime_parameters)
+        return {name: value for name, value in self.parameters.items() if name not in runtime}
 
     def with_parameters(self, overrides: dict, where: str) -> ModelFile:
         """A copy with some parameters replaced; unknown names and unit mismatches are errors."""

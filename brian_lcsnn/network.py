@@ -65,6 +65,11 @@ class NetworkSpec:
         return self.samples_per_chunk * self.time_per_sample + self.dt
 
 
+#: The groups that hold each model's variables (by the names build_network gives them).
+_ROLE_GROUPS = {"input": ("X",), "neuron": ("Y",), "xy": ("XY", "kernels"),
+                "normalisation": ("Y", "XY", "kernels", "channels", "kernel_sums"), "yy": ("YY",)}
+
+
 @dataclass
 class BuiltNetwork:
     """The Brian2 objects of one network, with the per-run inputs."""
@@ -90,6 +95,19 @@ class BuiltNetwork:
             raise ValueError("the normalisation model declares no shared 'norm_target' (in its target_equations, "
                              "synapse_equations or kernel_equations)")  # fmt: skip
         return group
+
+    def runtime_parameters(self) -> list[tuple]:
+        """``(group, name, value)`` of every runtime parameter (`ModelFile.runtime_parameters`): for each group
+        of the model's role that declares it. A run sets them (run_args), so their values are not compiled."""
+        objects = {obj.name: obj for obj in self.network.objects}
+        out = []
+        for role, names in _ROLE_GROUPS.items():
+            model = getattr(self.spec, role)
+            for param in model.runtime_parameters:
+                for group in (objects[n] for n in names if n in objects):
+                    if param in group.variables:
+                        out.append((group, param, model.parameters[param]))
+        return out
 
     @property
     def xy_weights(self):
@@ -124,7 +142,7 @@ def _synapses(model: ModelFile, source, target, equations, condition: str, name:
     if model.section("transmit"):
         on_pre = {"pre": on_pre, "transmit": model.section("transmit")}
     syn = b2.Synapses(source, target, equations, on_pre=on_pre, on_post=model.section("on_post"),
-                      namespace=dict(model.parameters), clock=step_clock, name=name)  # fmt: skip
+                      namespace=dict(model.compiled_parameters), clock=step_clock, name=name)  # fmt: skip
     syn.connect(condition=condition)
     for pathway in syn._pathways:
         pathway.order = PATHWAY_ORDER[pathway.objname if pathway.objname in PATHWAY_ORDER else pathway.prepost]
@@ -159,7 +177,7 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
         threshold=spec.input.section("threshold"),
         reset=spec.input.section("reset"),
         method="exact",
-        namespace={**spec.input.parameters, "stimulus": stimulus},
+        namespace={**spec.input.compiled_parameters, "stimulus": stimulus},
         clock=step_clock,
         name="X",
     )
@@ -176,7 +194,7 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
         threshold=spec.neuron.section("threshold"),
         reset=spec.neuron.section("reset"),
         method="exact",
-        namespace={**spec.neuron.parameters, "learning_schedule": learning_schedule},
+        namespace={**spec.neuron.compiled_parameters, "learning_schedule": learning_schedule},
         clock=step_clock,
         name="Y",
     )
@@ -240,7 +258,7 @@ def _kernels(spec: NetworkSpec, learning_schedule, step_clock, sample_clock) -> 
     group = b2.NeuronGroup(
         g.n_filters * kk,
         b2.Equations(spec.xy.section("kernel_equations")) + b2.Equations(spec.normalisation.section("kernel_equations")),
-        namespace={**spec.xy.parameters, "learning_schedule": learning_schedule},
+        namespace={**spec.xy.compiled_parameters, "learning_schedule": learning_schedule},
         clock=step_clock,
         name="kernels",
     )

@@ -86,7 +86,9 @@ def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sampl
 def _structure_key(spec: NetworkSpec, device: str, float_dtype: str, threads: int) -> str:
     """A hash of everything that changes the generated code."""
     models = {
-        role: {"text": getattr(spec, role).path.read_text(), "params": repr(sorted(getattr(spec, role).parameters.items()))}
+        # runtime parameters are set by each run (run_args): their values are not part of the code
+        role: {"text": getattr(spec, role).path.read_text(),
+               "params": repr(sorted(getattr(spec, role).compiled_parameters.items()))}
         for role in ("input", "neuron", "xy", "normalisation", "yy")
     }
     key = {
@@ -279,6 +281,8 @@ class Simulator:
         }
         for group, flag in _plastic_flags(b, plastic).items():
             run_args[group.plastic] = flag
+        for group, name, value in b.runtime_parameters():
+            run_args[getattr(group, name)] = value
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
         in_use = _RunArgsInUse(self.build_dir)
@@ -313,6 +317,8 @@ class Simulator:
         for group, flag in _plastic_flags(b, plastic).items():
             group.plastic = flag
         b.norm_target_group.norm_target = float(norm_target)
+        for group, name, value in b.runtime_parameters():
+            setattr(group, name, value)
         b2.seed(int(seed))
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})

@@ -1,5 +1,7 @@
 """The neuron and plasticity equations against hand-computed values and against a numpy statement of the thesis."""
 
+from dataclasses import replace
+
 import brian2 as b2
 import numpy as np
 import pytest
@@ -169,6 +171,29 @@ def test_hand_computed_competition_learning(device, build_root, yy_model):
     w10 = -1 - 20 * decay + A_neg * (e1 + 1 + e2) - A_pos * (e1 + 1 + e1)
     np.testing.assert_allclose(out.state.yy_w, [w01, w10], rtol=0, atol=1e-12)
     np.testing.assert_array_equal(out.state.xy_w, YY_XY)  # XY is not plastic here
+
+
+@pytest.mark.standalone
+def test_runtime_parameters_take_new_values_without_a_compile(build_root):
+    """A_pos, A_neg (competition_stdp.yaml), tau_src and tau_tgt (adaptive_lif.yaml) are declared in their
+    models' equations: each run sets them, so new values reuse the compiled network and still act exactly.
+    By hand as above, with x_src decaying by s = e^(-1/10) and x_tgt by t = e^(-1/40) per step."""
+    Simulator(_yy_spec({"A_pos": -0.5, "A_neg": -1.0}), build_root=build_root).prepare()
+    A_pos, A_neg = -0.25, -2.0
+    spec = _yy_spec({"A_pos": A_pos, "A_neg": A_neg})
+    spec = replace(spec, neuron=spec.neuron.with_parameters({"tau_src": "10 ms", "tau_tgt": "40 ms"}, "test"))
+    sim = Simulator(spec, build_root=build_root)
+    sim.prepare()
+    assert not sim.compiled_now
+    state = NetworkState(YY_XY.copy(), np.array([-1.0, -1.0]), np.zeros(2))
+    out = sim.run_chunk(YY_RATES, np.ones(1), state, seed=1, plastic={"YY": True}, norm_target=1.0)
+    assert out.counts.tolist() == [[4, 3]]
+    s2, s4, t2, t4 = E(-2 / 10), E(-4 / 10), E(-2 / 40), E(-4 / 40)
+    w01 = -1 + A_neg * (s2 + 1 + s2) - A_pos * (t2 + 1 + t4)
+    w10 = -1 + A_neg * (s2 + 1 + s4) - A_pos * (t2 + 1 + t2)
+    np.testing.assert_allclose(out.state.yy_w, [w01, w10], rtol=0, atol=1e-12)
+    # a compiled parameter (the clamp) is part of the code: a new value is a new build
+    assert Simulator(_yy_spec({"c_w_max": -0.1}), build_root=build_root).key != sim.key
 
 
 @pytest.mark.standalone

@@ -390,3 +390,28 @@ def test_minimal_model_without_parameters(tmp_path):
     assert model.parameters == {}
     assert model.sections == {"equations": "rate : Hz", "threshold": "rand() < rate * dt"}
     assert model.section("reset") is None
+
+
+def test_runtime_parameters_are_those_the_equations_declare():
+    lif, yy = load_model("adaptive_lif"), load_model("competition_stdp_decay")
+    assert set(lif.runtime_parameters) == {"tau_src", "tau_tgt"}
+    assert set(yy.runtime_parameters) == {"A_pos", "A_neg", "weight_decay"}
+    assert "tau_src" not in lif.compiled_parameters and same_quantity(lif.compiled_parameters["tau_m"], 20 * ms)
+    assert set(yy.compiled_parameters) == {"c_w_min", "c_w_max", "w_psp"}
+    assert load_model("stdp_postpre").runtime_parameters == ()
+
+
+def test_a_name_in_a_comment_or_an_expression_is_no_declaration(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(textwrap.dedent("""\
+        kind: neuron
+        parameters: {a: 1, b: 2 ms, c: 3}
+        equations: |
+          dv/dt = -v / b : 1    # a: not declared here
+          # c : 1 (shared)
+          x = a * v : 1
+          b : second (shared, constant)
+        threshold: v > c
+    """))
+    model = load_model(path)
+    assert model.runtime_parameters == ("b",) and set(model.compiled_parameters) == {"a", "c"}
