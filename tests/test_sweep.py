@@ -463,3 +463,11 @@ budget: {{max_hours: {hours}}}
     run_sweep(sweep_file(2), results, progress=False)  # a larger budget: the hour left is used
     assert len(fake.calls) == 2
     assert json.loads((results / "sweeps" / "budgeted" / "budget.json").read_text())["seconds"] >= 3600
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_loads(path):
+    sweep = load_sweep(path)
+    assert sweep.name == path.stem and sweep.seeds
+    if sweep.search["method"] == "grid":
+        assert grid_trials(sweep)
