@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .readout import VOTING_METHODS
-from .results import RunError, default_results_root, read_json
+from .results import RunError, default_results_root, is_running, read_json
 
 __all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", "parse_filters", "register"]
 
@@ -412,6 +412,9 @@ def _cmd_runs(args) -> int:
     with _index(args) as index:
         index.rebuild() if args.rebuild else index.sync()
         records = index.records(filters, args.sort, args.desc)
+    for r in records:  # run.json of a killed run still says running: its lock tells
+        if r["status"] == "running" and not is_running(index.root / r["id"]):
+            r["status"] = "interrupted"
     if args.json or args.csv:
         records = [{c: r[c] for c in columns or COLUMNS} for r in records]
         if args.csv:

@@ -497,3 +497,15 @@ def test_index_of_an_older_schema_is_recreated(root):
         index.sync()
         rows = index.records()
     assert [(r["id"], r["sweep"]) for r in rows] == [(A, "grid")]
+
+
+def test_runs_lists_a_killed_run_as_interrupted(root, capsys):
+    from brian_lcsnn.results import running_lock
+
+    make_run(root, "alive", status="running", scores=None)
+    make_run(root, "killed", status="running", scores=None)
+    (root / "killed" / "run.lock").touch()  # left by a process killed with -9: held by nobody
+    with running_lock(root / "alive"):
+        assert call("runs", "--results", root, "--json") == 0
+    status = {r["id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert status == {"alive": "running", "killed": "interrupted"}
