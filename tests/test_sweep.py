@@ -384,14 +384,20 @@ class _FakeExecutor:
         pass
 
 
-@pytest.mark.codegen_independent
-def test_optuna_search_runs_in_batches_and_rebuilds_its_study_on_restart(tmp_path, monkeypatch):
+def _fake_local_executor(tmp_path, monkeypatch):
+    """A results folder, and a `_FakeExecutor` that run_sweep uses in place of local workers."""
     from brian_lcsnn import sweep as sweep_module
 
     results = tmp_path / "results"
     results.mkdir()
     fake = _FakeExecutor(results)
     monkeypatch.setattr(sweep_module, "LocalExecutor", lambda *args, **kwargs: fake)
+    return results, fake
+
+
+@pytest.mark.codegen_independent
+def test_optuna_search_runs_in_batches_and_rebuilds_its_study_on_restart(tmp_path, monkeypatch):
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
 
     def sweep_file(n):
         path = tmp_path / "optuna.yaml"
@@ -429,12 +435,7 @@ objective: test.patch_voting
 
 @pytest.mark.codegen_independent
 def test_max_hours_counts_every_invocation_of_a_sweep(tmp_path, monkeypatch):
-    from brian_lcsnn import sweep as sweep_module
-
-    results = tmp_path / "results"
-    results.mkdir()
-    fake = _FakeExecutor(results)
-    monkeypatch.setattr(sweep_module, "LocalExecutor", lambda *args, **kwargs: fake)
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
 
     def sweep_file(hours):
         path = tmp_path / "budget.yaml"
