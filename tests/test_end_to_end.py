@@ -72,23 +72,16 @@ def test_bad_protocol_exits_2_with_one_line_and_writes_nothing(env, tmp_path, ca
     assert not results.exists()
 
 
-def test_wrong_equation_exits_2_with_one_line_and_writes_nothing(env, tmp_path, capsys):
+@pytest.mark.parametrize(("role", "model", "fragment"), [
+    ("neuron", "broken_neuron.yaml", "model files"),                 # a wrong equation
+    ("normalisation", "normalise_without_target.yaml", "norm_target"),  # no norm_target for the run to set
+])  # fmt: skip
+def test_unbuildable_model_exits_2_with_one_line_and_writes_nothing(env, tmp_path, capsys, role, model, fragment):
     results = tmp_path / "results"
-    code = main(["run", str(TINY), "--results", str(results),
-                 "--set", f"models.neuron={FIXTURES / 'models' / 'broken_neuron.yaml'}"])  # fmt: skip
+    code = main(["run", str(TINY), "--results", str(results), "--set", f"models.{role}={FIXTURES / 'models' / model}"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model files" in err[0]
-    assert not results.exists() or not any(results.iterdir())
-
-
-def test_normalisation_without_norm_target_exits_2_before_any_run(env, tmp_path, capsys):
-    results = tmp_path / "results"
-    code = main(["run", str(TINY), "--results", str(results),
-                 "--set", f"models.normalisation={FIXTURES / 'models' / 'normalise_without_target.yaml'}"])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "norm_target" in err[0]
+    assert len(err) == 1 and fragment in err[0]
     assert not results.exists() or not any(results.iterdir())
 
 
