@@ -56,7 +56,9 @@ def bench(n_filters: int, n_samples: int, build_root: Path, float_dtype: str, re
         "infer_samples_per_s": round(n_samples / float(np.median([r.seconds for r in infers])), 1),
         "train_spikes_per_sample": round(float(train.counts.sum(1).mean()), 1),
         "infer_spikes_per_sample": round(float(infer.counts.sum(1).mean()), 1),
-        "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),  # compiler included
+        "peak_rss_children_mb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),  # compiler included
         "brian2": b2.__version__,
     }
 

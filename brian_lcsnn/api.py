@@ -86,7 +86,9 @@ class LoadedRun:
                             progress=False)  # fmt: skip
         g = self.protocol.geometry
         counts = out.counts.reshape(len(out.counts), g.n_filters, g.n_locations)
-        return readout.evaluate(counts, out.labels, self.votes, self.linear, top_n=tuple(self.protocol["readout"]["top_n"]))
+        return readout.evaluate(
+            counts, out.labels, self.votes, self.linear, top_n=tuple(self.protocol["readout"]["top_n"])
+        )
 
     def counts(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
         """Y spike counts (n, n_filters, n_locations) of the trained, frozen network for uint8 images (n, 28, 28)."""

@@ -17,15 +17,18 @@ EXIT_BAD_INPUT = 2
 
 def _protocol_args(parser):
     parser.add_argument("protocol", help="the protocol file (YAML)")
+    example = "e.g. --set network.n_filters=100 --set phases.0.n=500"
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a protocol value, e.g. --set network.n_filters=100 --set phases.0.n=500")  # fmt: skip
+                        help=f"override a protocol value, {example}")  # fmt: skip
     parser.add_argument("--seed", type=int, help="override the protocol's seed")
     parser.add_argument("--device", choices=("cpp_standalone", "runtime", "cuda_standalone"),
                         help="override simulation.device")  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcsnn", description="Locally connected spiking networks on MNIST, in Brian2.")
+    parser = argparse.ArgumentParser(
+        prog="lcsnn", description="Locally connected spiking networks on MNIST, in Brian2."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -153,7 +156,10 @@ def _print_scores(run_dir: Path) -> None:
         return
     for phase, methods in json.loads(path.read_text()).items():
         for method, score in methods.items():
-            print(f"{phase:>10} {method:>14}: {score['accuracy']:.4f} ± {score['error']:.4f} (n={score['n']})", file=sys.stderr)
+            print(
+                f"{phase:>10} {method:>14}: {score['accuracy']:.4f} ± {score['error']:.4f} (n={score['n']})",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

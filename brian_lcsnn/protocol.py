@@ -18,8 +18,16 @@ import yaml
 from .models import ModelError, load_model, parse_quantity, read_yaml
 from .topology import ARCHITECTURES, YY_PAIRS, Geometry, GeometryError
 
-__all__ = ["ProtocolError", "Protocol", "load_protocol", "apply_overrides", "is_plastic", "phase_split", "PHASE_TYPES",
-           "DEFAULTS"]
+__all__ = [
+    "ProtocolError",
+    "Protocol",
+    "load_protocol",
+    "apply_overrides",
+    "is_plastic",
+    "phase_split",
+    "PHASE_TYPES",
+    "DEFAULTS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +44,16 @@ DEFAULTS = {
     "description": "",
     "seed": 1,
     "dataset": {"name": "mnist", "path": None, "crop": 20, "intensity": "127.5 Hz"},
-    "network": {"architecture": "LC", "n_filters": 25, "kernel_size": 12, "stride": 4, "mean_weight": 0.4, "c_w": -100.0,
-                "yy_init": "constant", "yy_pairs": "competition"},  # fmt: skip
+    "network": {
+        "architecture": "LC",
+        "n_filters": 25,
+        "kernel_size": 12,
+        "stride": 4,
+        "mean_weight": 0.4,
+        "c_w": -100.0,
+        "yy_init": "constant",
+        "yy_pairs": "competition",
+    },  # fmt: skip
     "models": {
         "input": "input_thesis",
         "neuron": "adaptive_lif",
@@ -140,7 +156,9 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ProtocolError(f"{where}: --set {key}: {'.'.join(parts[: depth + 1])} is not an index of the list")
+                    raise ProtocolError(
+                        f"{where}: --set {key}: {'.'.join(parts[: depth + 1])} is not an index of the list"
+                    )
                 part = int(part)
             elif not isinstance(node, dict):
                 raise ProtocolError(f"{where}: --set {key}: {'.'.join(parts[:depth])} is not a mapping")
@@ -155,7 +173,9 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
 
 def _check_keys(mapping, allowed, file, prefix=""):
     if not isinstance(mapping, dict):
-        raise ProtocolError(f"{file}: {prefix.rstrip('.') or 'protocol'}: expected a mapping, got {type(mapping).__name__}")
+        raise ProtocolError(
+            f"{file}: {prefix.rstrip('.') or 'protocol'}: expected a mapping, got {type(mapping).__name__}"
+        )
     for key in mapping:
         if key not in allowed:
             raise ProtocolError(f"{file}: {prefix}{key}: unknown key (allowed: {', '.join(allowed)})")
@@ -400,4 +420,6 @@ def _resolve_learning(phases: list, models: dict, path) -> None:
                 if proj in locked:
                     raise ProtocolError(f"{pw}.learn: {proj} is locked by an earlier phase (unlock it first)")
                 if not is_plastic(models[proj]):
-                    raise ProtocolError(f"{pw}.learn: {proj} cannot learn: its model {models[proj].path.name} has no 'plastic' gate")
+                    raise ProtocolError(
+                        f"{pw}.learn: {proj} cannot learn: its model {models[proj].path.name} has no 'plastic' gate"
+                    )

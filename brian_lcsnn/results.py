@@ -25,8 +25,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["RunError", "default_results_root", "new_run_dir", "write_bytes", "write_json", "write_npz", "write_text",
-           "read_json", "running_lock", "is_running"]
+__all__ = [
+    "RunError",
+    "default_results_root",
+    "new_run_dir",
+    "write_bytes",
+    "write_json",
+    "write_npz",
+    "write_text",
+    "read_json",
+    "running_lock",
+    "is_running",
+]
 
 
 class RunError(ValueError):

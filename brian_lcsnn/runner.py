@@ -114,7 +114,17 @@ def _sample_indices(sampling: str, n: int, pool: int, rng: np.random.Generator, 
 
 def _versions() -> dict:
     versions = {"python": platform.python_version()}
-    for dist in ("brian-lcsnn", "brian2", "numpy", "scikit-learn", "pyyaml", "pandas", "matplotlib", "seaborn", "sympy"):
+    for dist in (
+        "brian-lcsnn",
+        "brian2",
+        "numpy",
+        "scikit-learn",
+        "pyyaml",
+        "pandas",
+        "matplotlib",
+        "seaborn",
+        "sympy",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -293,8 +303,12 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "device": sim.device_name,
         "float": sim.float_dtype,
         "threads": sim.threads,
-        "build": {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
-                  "prepare_seconds": round(compile_seconds, 3)},  # fmt: skip
+        "build": {
+            "key": sim.key,
+            "directory": str(sim.build_dir),
+            "compiled": sim.compiled_now,
+            "prepare_seconds": round(compile_seconds, 3),
+        },  # fmt: skip
         "sizes": protocol.geometry.sizes(),
         "dataset": {"name": dataset.name, "source": dataset.source},
         "versions": _versions(),
@@ -344,7 +358,9 @@ def _prepare(protocol: Protocol, device, build_root):
     except DeviceError:
         raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
-        raise ModelError(f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}") from err
+        raise ModelError(
+            f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}"
+        ) from err
     return dataset, sim, compile_seconds
 
 
@@ -409,14 +425,19 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
             )  # fmt: skip
             _write_state(run_dir, phase["name"], g, state)  # after every phase: a reload starts from any of them
             learning_seconds = out.wall_seconds - out.evaluation_seconds
-            record = {**phase, "wall_seconds": round(out.wall_seconds, 3), "simulation_seconds": round(out.sim_seconds, 3),
+            record = {**phase, "wall_seconds": round(out.wall_seconds, 3),
+                      "simulation_seconds": round(out.sim_seconds, 3),
                       "samples_per_second": round(phase["n"] / max(learning_seconds, 1e-9), 2)}  # fmt: skip
             if curve is not None:  # the samples/s above leave the evaluations out
                 record["curve"] = f"curves/{phase['name']}.json"
                 record["evaluation_seconds"] = round(out.evaluation_seconds, 3)
             if out.counts is not None:
-                write_npz(run_dir / "counts" / f"{phase['name']}.npz", counts=out.counts, labels=out.labels,
-                          image_indices=out.indices + phase_split(phase)[1])  # fmt: skip  (within the split)
+                write_npz(
+                    run_dir / "counts" / f"{phase['name']}.npz",
+                    counts=out.counts,
+                    labels=out.labels,
+                    image_indices=out.indices + phase_split(phase)[1],
+                )  # fmt: skip  (within the split)
                 shaped = out.counts.reshape(len(out.counts), g.n_filters, g.n_locations)
                 record["no_spike_samples"] = int((out.counts.sum(axis=1) == 0).sum())
                 record["mean_spikes_per_sample"] = round(float(out.counts.sum(axis=1).mean()), 2)
@@ -612,4 +633,3 @@ def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState
     if len(weights):
         counts, edges = np.histogram(weights, bins=50)
         write_npz(run_dir / "competition" / f"{phase or 'final'}.npz", weights=weights, counts=counts, edges=edges)
-

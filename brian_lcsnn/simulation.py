@@ -43,7 +43,6 @@ CPP_SEED_CODE = (
 )
 
 
-
 def default_build_root() -> Path:
     """Where compiled builds are cached: ``$BRIAN_LCSNN_BUILD`` or ``~/.cache/brian_lcsnn/builds``."""
     root = os.environ.get("BRIAN_LCSNN_BUILD")
@@ -87,8 +86,10 @@ def _structure_key(spec: NetworkSpec, device: str, float_dtype: str, threads: in
     """A hash of everything that changes the generated code."""
     models = {
         # runtime parameters are set by each run (run_args): their values are not part of the code
-        role: {"text": getattr(spec, role).path.read_text(),
-               "params": repr(sorted(getattr(spec, role).compiled_parameters.items()))}
+        role: {
+            "text": getattr(spec, role).path.read_text(),
+            "params": repr(sorted(getattr(spec, role).compiled_parameters.items())),
+        }
         for role in ("input", "neuron", "xy", "normalisation", "yy")
     }
     key = {
@@ -129,7 +130,7 @@ class _RunArgsInUse:
 
     def __init__(self, build_dir: Path):
         self.build_dir = build_dir
-        self.handle = open(build_dir / "run_args.lock", "w")  # noqa: SIM115 -- held until release()
+        self.handle = open(build_dir / "run_args.lock", "w")  # held until release()
         fcntl.flock(self.handle, fcntl.LOCK_SH)
 
     def release(self) -> None:
@@ -297,7 +298,9 @@ class Simulator:
             counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                                   self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
             if self._indices is None:
-                self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
+                self._indices = {
+                    name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))
+                }
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)

@@ -125,7 +125,7 @@ def _read_row(run_dir: Path) -> dict | None:
         tags = info.get("tags") if isinstance(info.get("tags"), dict) else {}
         row["sweep"], row["trial"] = tags.get("sweep"), tags.get("trial")  # a sweep's runs (brian_lcsnn.sweep)
         row["params_json"] = json.dumps(protocol, default=str)
-    except Exception as err:  # noqa: BLE001 -- a bad run directory is reported, never fatal
+    except Exception as err:  # a bad run directory is reported, never fatal
         logger.warning("%s: cannot be read (%s: %s); run skipped", current, type(err).__name__, err)
         return None
     return {"id": run_dir.name, **{k: _scalar(v) for k, v in row.items()}, "signature": signature}

@@ -666,7 +666,7 @@ def _claim_build_root(base, worker: str):
     for k in itertools.count():
         candidate = root if k == 0 else root.with_name(f"{root.name}.{k}")
         candidate.mkdir(parents=True, exist_ok=True)
-        handle = open(candidate / "in_use.lock", "a+")  # noqa: SIM115 -- released by the caller's with
+        handle = open(candidate / "in_use.lock", "a+")  # released by the caller's with
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return candidate, handle
@@ -812,7 +812,7 @@ class DaskExecutor:
         future = next(iter(done))
         try:
             return future, future.result()
-        except Exception as err:  # noqa: BLE001 -- e.g. KilledWorker: the trial failed, the sweep goes on
+        except Exception as err:  # e.g. KilledWorker: the trial failed, the sweep goes on
             return future, {"status": "failed", "run": None, "scores": None, "error": f"{type(err).__name__}: {err}",
                             "seconds": 0.0, "worker": None}  # fmt: skip
 
@@ -860,7 +860,7 @@ def _claim(sweep: Sweep, results: Path):
     """The sweep's lock (one client per sweep) and its record: a restart must run the same base protocol."""
     folder = _sweep_dir(results, sweep.name)
     (folder / "locks").mkdir(parents=True, exist_ok=True)
-    handle = open(folder / "locks" / "sweep.lock", "a+")  # noqa: SIM115 -- held until the sweep ends
+    handle = open(folder / "locks" / "sweep.lock", "a+")  # held until the sweep ends
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1140,7 +1140,7 @@ def _figures(sweep: Sweep, results: Path) -> None:
     try:
         written, _ = plot_across_runs(results, {"sweep": sweep.name}, x=numeric[0], y=numeric[1],
                                       out=_sweep_dir(results, sweep.name) / "figures")  # fmt: skip
-    except Exception as err:  # noqa: BLE001 -- the figures are an extra; say why they are missing
+    except Exception as err:  # the figures are an extra; say why they are missing
         logger.warning(
             "figures of sweep %s not drawn (%s: %s); later: %s", sweep.name, type(err).__name__, err, command
         )

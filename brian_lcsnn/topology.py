@@ -11,8 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "YY_PAIRS", "GeometryError", "Geometry", "local_pairs", "kernel_index", "competition_pairs",
-           "competing"]
+__all__ = [
+    "ARCHITECTURES",
+    "YY_PAIRS",
+    "GeometryError",
+    "Geometry",
+    "local_pairs",
+    "kernel_index",
+    "competition_pairs",
+    "competing",
+]
 
 #: LC: locally connected (own weights at every location); C: convolution (one kernel per channel, shared by
 #: every location); FC: fully connected (one location whose receptive field is the whole crop).
@@ -65,7 +73,9 @@ class Geometry:
         if self.kernel_size > self.crop:
             raise GeometryError(f"kernel_size {self.kernel_size} is larger than the crop {self.crop}")
         if self.architecture == "FC" and self.kernel_size != self.crop:
-            raise GeometryError(f"an FC network sees the whole crop: kernel_size must be {self.crop}, got {self.kernel_size}")
+            raise GeometryError(
+                f"an FC network sees the whole crop: kernel_size must be {self.crop}, got {self.kernel_size}"
+            )
 
     @property
     def side(self) -> int:
@@ -107,7 +117,9 @@ class Geometry:
     def kernel_index_expression(self) -> str:
         """For synapse (i, j): its entry in the kernels, ``f * k^2 + (row - row0) * k + (col - col0)``."""
         c, s, k, n, L = self.crop, self.stride, self.kernel_size, self.side, self.n_locations
-        return f"(j // {L}) * {k * k} + ((i // {c}) - ((j % {L}) // {n}) * {s}) * {k} + ((i % {c}) - ((j % {L}) % {n}) * {s})"
+        row = f"((i // {c}) - ((j % {L}) // {n}) * {s})"
+        col = f"((i % {c}) - ((j % {L}) % {n}) * {s})"
+        return f"(j // {L}) * {k * k} + {row} * {k} + {col}"
 
     def sizes(self) -> dict[str, int]:
         """The size report: neurons, synapses and learnable parameters."""

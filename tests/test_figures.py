@@ -86,8 +86,14 @@ def fake_run(tmp_path):
                        "spikes_first": {**entry, "accuracy": acc / 3},
                        "linear": {**entry, "accuracy": 0.5}}}  # fmt: skip
     (run / "scores.json").write_text(json.dumps(scores))
-    points = [{"samples": n, "seconds": 1.0, "scores": {m: {**e, "accuracy": min(1.0, e["accuracy"] + n / 20)}
-                                                        for m, e in scores["test"].items()}} for n in (0, 5, 10)]
+    points = [
+        {
+            "samples": n,
+            "seconds": 1.0,
+            "scores": {m: {**e, "accuracy": min(1.0, e["accuracy"] + n / 20)} for m, e in scores["test"].items()},
+        }
+        for n in (0, 5, 10)
+    ]
     curve = {"phase": "train", "evaluate_every": 5, "calibrate": 40, "test": N_TEST, "points": points}
     (run / "curves").mkdir()
     (run / "curves" / "train.json").write_text(json.dumps(curve))

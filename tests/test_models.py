@@ -87,8 +87,17 @@ def test_every_shipped_model_loads(path):
 def test_adaptive_lif_parameters():
     model = load_model("adaptive_lif", expected_kind="neuron")
     params = model.parameters
-    assert set(params) == {"v_rest", "v_reset", "v_thresh", "tau_m", "theta_plus", "tau_theta",
-                           "refractory_steps", "tau_tgt", "tau_src"}
+    assert set(params) == {
+        "v_rest",
+        "v_reset",
+        "v_thresh",
+        "tau_m",
+        "theta_plus",
+        "tau_theta",
+        "refractory_steps",
+        "tau_tgt",
+        "tau_src",
+    }
     assert same_quantity(params["v_rest"], -65 * mV)
     assert same_quantity(params["v_reset"], -65 * mV)
     assert same_quantity(params["v_thresh"], -52 * mV)
@@ -276,13 +285,16 @@ def test_missing_file(tmp_path):
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
-    path = write(tmp_path / "bad.yaml", """
+    path = write(
+        tmp_path / "bad.yaml",
+        """
         kind: neuron
         equations: |
           dv/dt = -v / (10*ms) : volt
         threshold: [v > 1
         reset: v = 0
-    """)
+    """,
+    )
     with pytest.raises(ModelError) as info:
         load_model(path)
     message = str(info.value)
@@ -340,13 +352,16 @@ def test_empty_required_section(tmp_path):
 
 
 def test_synapse_needs_on_pre(tmp_path):
-    path = write(tmp_path / "s.yaml", """
+    path = write(
+        tmp_path / "s.yaml",
+        """
         kind: synapse
         equations: |
           w : 1
         on_post: |
           w += 1
-    """)
+    """,
+    )
     with pytest.raises(ModelError, match="section 'on_pre' is missing or empty"):
         load_model(path)
 
@@ -380,12 +395,15 @@ def test_bad_parameters(tmp_path, params, fragment):
 
 
 def test_minimal_model_without_parameters(tmp_path):
-    path = write(tmp_path / "m.yaml", """
+    path = write(
+        tmp_path / "m.yaml",
+        """
         kind: input
         equations: |
           rate : Hz
         threshold: rand() < rate * dt
-    """)
+    """,
+    )
     model = load_model(path)
     assert model.parameters == {}
     assert model.sections == {"equations": "rate : Hz", "threshold": "rand() < rate * dt"}
@@ -403,7 +421,8 @@ def test_runtime_parameters_are_those_the_equations_declare():
 
 def test_a_name_in_a_comment_or_an_expression_is_no_declaration(tmp_path):
     path = tmp_path / "m.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         kind: neuron
         parameters: {a: 1, b: 2 ms, c: 3}
         equations: |
@@ -412,6 +431,7 @@ def test_a_name_in_a_comment_or_an_expression_is_no_declaration(tmp_path):
           x = a * v : 1
           b : second (shared, constant)
         threshold: v > c
-    """))
+    """)
+    )
     model = load_model(path)
     assert model.runtime_parameters == ("b",) and set(model.compiled_parameters) == {"a", "c"}

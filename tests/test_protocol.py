@@ -99,8 +99,14 @@ def test_quickstart():
         {"type": "test", "name": "test", "n": 5000, "sampling": "ordered", "split": "test", "skip": 0},
     ]
     # defaults filled in
-    assert p["simulation"] == {"device": "cpp_standalone", "time_per_sample": "250 ms", "dt": "1 ms",
-                               "samples_per_chunk": 1000, "float": "float64", "threads": 1}
+    assert p["simulation"] == {
+        "device": "cpp_standalone",
+        "time_per_sample": "250 ms",
+        "dt": "1 ms",
+        "samples_per_chunk": 1000,
+        "float": "float64",
+        "threads": 1,
+    }
     assert p["readout"] == {"linear": "logistic", "top_n": [], "showcase": 3}
     assert p["parameters"] == {"input": {}, "neuron": {"refractory_steps": 2}, "xy": {}, "normalisation": {}, "yy": {}}
     assert set(p.data) == set(DEFAULTS)
@@ -110,10 +116,19 @@ def test_quickstart_model_files():
     files = load_protocol(QUICKSTART).model_files()
     assert set(files) == {"input", "neuron", "xy", "normalisation", "yy"}
     assert {role: m.name for role, m in files.items()} == {
-        "input": "input_thesis", "neuron": "adaptive_lif", "xy": "stdp_postpre",
-        "normalisation": "normalise_incoming", "yy": "competition_fixed"}
+        "input": "input_thesis",
+        "neuron": "adaptive_lif",
+        "xy": "stdp_postpre",
+        "normalisation": "normalise_incoming",
+        "yy": "competition_fixed",
+    }
     assert {role: m.kind for role, m in files.items()} == {
-        "input": "input", "neuron": "neuron", "xy": "synapse", "normalisation": "normalisation", "yy": "synapse"}
+        "input": "input",
+        "neuron": "neuron",
+        "xy": "synapse",
+        "normalisation": "normalisation",
+        "yy": "synapse",
+    }
     assert files["neuron"].parameters["refractory_steps"] == 2
     assert same_quantity(files["neuron"].parameters["tau_m"], 20 * ms)
 
@@ -158,27 +173,50 @@ def test_partial_section_is_merged_with_defaults(tmp_path):
     assert p["simulation"]["dt"] == "0.5 ms"
     assert p["simulation"]["time_per_sample"] == "250 ms"
     assert p["simulation"]["device"] == "cpp_standalone"
-    assert p["network"] == {"architecture": "LC", "n_filters": 100, "kernel_size": 8, "stride": 4,
-                            "mean_weight": 0.4, "c_w": -100.0, "yy_init": "constant", "yy_pairs": "competition"}
+    assert p["network"] == {
+        "architecture": "LC",
+        "n_filters": 100,
+        "kernel_size": 8,
+        "stride": 4,
+        "mean_weight": 0.4,
+        "c_w": -100.0,
+        "yy_init": "constant",
+        "yy_pairs": "competition",
+    }
     assert p.geometry.n_neurons == 1600
 
 
 def test_default_sampling_and_names(tmp_path):
     phases = [{"type": t, "n": 3} for t in ("train", "calibrate", "test", "train", "test")]
     p = load_protocol(write(tmp_path, {"phases": phases}))
-    assert [ph["sampling"] for ph in p["phases"]] == ["with_replacement", "ordered", "ordered",
-                                                      "with_replacement", "ordered"]
+    assert [ph["sampling"] for ph in p["phases"]] == [
+        "with_replacement",
+        "ordered",
+        "ordered",
+        "with_replacement",
+        "ordered",
+    ]
     assert [ph["name"] for ph in p["phases"]] == ["train", "calibrate", "test", "train_3", "test_4"]
     assert set(PHASE_TYPES) == {"train", "calibrate", "test", "lock", "unlock", "clear"}
 
 
 def test_explicit_phase_name_and_sampling_are_kept(tmp_path):
-    phases = [{"type": "train", "n": 3, "name": "warmup", "sampling": "shuffled"},
-              {"type": "calibrate", "n": 2, "sampling": "with_replacement"}]
+    phases = [
+        {"type": "train", "n": 3, "name": "warmup", "sampling": "shuffled"},
+        {"type": "calibrate", "n": 2, "sampling": "with_replacement"},
+    ]
     p = load_protocol(write(tmp_path, {"phases": phases}))
-    assert p["phases"] == [{"type": "train", "name": "warmup", "n": 3, "sampling": "shuffled", "learn": ["XY"]},
-                           {"type": "calibrate", "name": "calibrate", "n": 2, "sampling": "with_replacement",
-                            "split": "calibration", "skip": 0}]
+    assert p["phases"] == [
+        {"type": "train", "name": "warmup", "n": 3, "sampling": "shuffled", "learn": ["XY"]},
+        {
+            "type": "calibrate",
+            "name": "calibrate",
+            "n": 2,
+            "sampling": "with_replacement",
+            "split": "calibration",
+            "skip": 0,
+        },
+    ]
 
 
 def test_validate_does_not_modify_its_input(tmp_path):
@@ -195,9 +233,18 @@ def test_validate_does_not_modify_its_input(tmp_path):
 def test_apply_overrides_values_are_yaml():
     raw = yaml.safe_load(QUICKSTART.read_text())
     before = copy.deepcopy(raw)
-    out = apply_overrides(raw, ["network.n_filters=100", "phases.0.n=500", "simulation.dt=0.5 ms",
-                                "readout.top_n=[1, 3]", "readout.linear=null", "description = spaced "],
-                          "q.yaml")
+    out = apply_overrides(
+        raw,
+        [
+            "network.n_filters=100",
+            "phases.0.n=500",
+            "simulation.dt=0.5 ms",
+            "readout.top_n=[1, 3]",
+            "readout.linear=null",
+            "description = spaced ",
+        ],
+        "q.yaml",
+    )
     assert raw == before  # a copy is changed, not the input
     assert out["network"]["n_filters"] == 100 and isinstance(out["network"]["n_filters"], int)
     assert out["phases"][0] == {"type": "train", "n": 500}
@@ -242,8 +289,10 @@ def test_apply_overrides_errors(override, fragment):
 
 
 def test_load_protocol_with_overrides():
-    p = load_protocol(QUICKSTART, ["network.n_filters=100", "phases.0.n=500", "parameters.neuron.tau_m=10 ms",
-                                   "simulation.device=runtime"])
+    p = load_protocol(
+        QUICKSTART,
+        ["network.n_filters=100", "phases.0.n=500", "parameters.neuron.tau_m=10 ms", "simulation.device=runtime"],
+    )
     assert p.geometry == Geometry(20, 12, 4, 100)
     assert p["phases"][0]["n"] == 500
     assert p["simulation"]["device"] == "runtime"
@@ -290,8 +339,10 @@ def test_protocol_values_are_checked_after_the_yaml(tmp_path):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"simulation": {"time_per_sample": "250 ms", "dt": "0.3 ms"}},
-         "simulation.time_per_sample: 250 ms is not a whole number of dt"),
+        (
+            {"simulation": {"time_per_sample": "250 ms", "dt": "0.3 ms"}},
+            "simulation.time_per_sample: 250 ms is not a whole number of dt",
+        ),
         ({"simulation": {"time_per_sample": "-250 ms"}}, "simulation.time_per_sample: expected a positive quantity"),
         ({"simulation": {"threads": -1}}, "simulation.threads: must be >= 0, got -1"),
         ({"dataset": {"intensity": "0 Hz"}}, "dataset.intensity: expected a positive quantity in units of"),
@@ -303,8 +354,10 @@ def test_protocol_values_are_checked_after_the_yaml(tmp_path):
         ({"description": ["a"]}, "description: expected a string"),
         ({"network": {"mean_weight": "0.4"}}, "network.mean_weight: expected a number, got '0.4'"),
         ({"parameters": {"yy": {"w_psp": "1 ms"}}}, "parameters.yy.w_psp: '1 ms' has the wrong unit"),
-        ({"parameters": {"normalisation": {"gain": 2}}},
-         "parameters.normalisation.gain: normalise_incoming.yaml has no parameter"),
+        (
+            {"parameters": {"normalisation": {"gain": 2}}},
+            "parameters.normalisation.gain: normalise_incoming.yaml has no parameter",
+        ),
     ],
 )
 def test_more_invalid_values(tmp_path, change, fragment):
@@ -312,8 +365,11 @@ def test_more_invalid_values(tmp_path, change, fragment):
 
 
 def test_valid_edge_values(tmp_path):
-    data = MINIMAL | {"simulation": {"time_per_sample": "250 ms", "dt": "0.1 ms", "threads": 0},
-                      "dataset": {"intensity": "0.1 kHz"}, "readout": {"top_n": [10, 1], "linear": None}}
+    data = MINIMAL | {
+        "simulation": {"time_per_sample": "250 ms", "dt": "0.1 ms", "threads": 0},
+        "dataset": {"intensity": "0.1 kHz"},
+        "readout": {"top_n": [10, 1], "linear": None},
+    }
     p = load_protocol(write(tmp_path, data))
     assert p["readout"]["top_n"] == [10, 1]
     assert same_quantity(parse_quantity(p["dataset"]["intensity"]), 100 * Hz)
@@ -364,8 +420,14 @@ def test_full_explicit_fixture_keeps_every_value():
     assert p.name == "full-explicit"
     assert p["seed"] == 0
     assert p.geometry == Geometry(20, 8, 4, 100)
-    assert p["simulation"] == {"device": "runtime", "time_per_sample": "100 ms", "dt": "0.5 ms",
-                               "samples_per_chunk": 50, "float": "float32", "threads": 0}
+    assert p["simulation"] == {
+        "device": "runtime",
+        "time_per_sample": "100 ms",
+        "dt": "0.5 ms",
+        "samples_per_chunk": 50,
+        "float": "float32",
+        "threads": 0,
+    }
     assert [ph["name"] for ph in p["phases"]] == ["warmup", "train", "calibrate", "test"]
     assert [ph["sampling"] for ph in p["phases"]] == ["shuffled", "ordered", "with_replacement", "ordered"]
     files = p.model_files()
@@ -475,5 +537,7 @@ def test_validation_split_phases(tmp_path):
     assert images[:, 0, 0].tolist() == [6, 7, 8, 9] and labels.tolist() == [6, 7, 8, 9]
     _check_split_sizes(p, Tiny())  # 6 + 4 calibration images: fits exactly
     too_many = load_protocol(path, ["phases.2.n=5"])
-    with pytest.raises(ProtocolError, match=r"phases\[2\]: 5 ordered images from the calibration split of tiny after skipping 6"):
+    with pytest.raises(
+        ProtocolError, match=r"phases\[2\]: 5 ordered images from the calibration split of tiny after skipping 6"
+    ):
         _check_split_sizes(too_many, Tiny())

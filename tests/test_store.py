@@ -152,7 +152,9 @@ def several(root):
 
 
 def test_filters_numeric_string_and_dotted(several):
-    ids = lambda **f: list(several.frame(f)["id"].str[:8])  # noqa: E731
+    def ids(**f):
+        return list(several.frame(f)["id"].str[:8])
+
     assert ids(n_filters="100") == ["20240102"]
     assert ids(n_filters=100.0) == ["20240102"] and ids(mean_weight="0.250") == ["20240103"]  # as numbers
     assert ids(architecture="LC") == ["20240101", "20240103"] and ids(status="failed") == ["20240103"]

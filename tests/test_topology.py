@@ -26,13 +26,13 @@ THESIS_LC = {
 
 # Geometries small enough to enumerate every (i, j) pair; (crop, kernel_size, stride, n_filters).
 SMALL = [
-    (20, 12, 4, 25),   # quickstart: 3 x 3 locations
-    (20, 8, 4, 7),     # 4 x 4 locations
-    (20, 7, 4, 3),     # stride that does not tile the crop: column/row 19 is never seen
-    (28, 5, 3, 2),     # 8 x 8 locations, (28 - 5) % 3 == 2 leftover pixels
-    (20, 20, 4, 4),    # kernel == crop: one location (FC-like)
-    (10, 3, 1, 2),     # stride 1: overlapping fields
-    (9, 3, 3, 1),      # stride == kernel: disjoint fields tiling exactly; one filter (no competition)
+    (20, 12, 4, 25),  # quickstart: 3 x 3 locations
+    (20, 8, 4, 7),  # 4 x 4 locations
+    (20, 7, 4, 3),  # stride that does not tile the crop: column/row 19 is never seen
+    (28, 5, 3, 2),  # 8 x 8 locations, (28 - 5) % 3 == 2 leftover pixels
+    (20, 20, 4, 4),  # kernel == crop: one location (FC-like)
+    (10, 3, 1, 2),  # stride 1: overlapping fields
+    (9, 3, 3, 1),  # stride == kernel: disjoint fields tiling exactly; one filter (no competition)
 ]
 SMALL_IDS = [f"crop{c}-k{k}-s{s}-n{n}" for c, k, s, n in SMALL]
 
@@ -193,14 +193,14 @@ def test_local_pairs_by_hand_25_12():
 
     centre = pixels(range(4, 16), range(4, 16), 20)
     for f in (0, 7, 24):
-        assert seen(f * 9 + 4) == centre            # loc 4: centre, rows 4..15, cols 4..15
-    assert seen(0) == pixels(range(0, 12), range(0, 12), 20)         # loc 0: top-left
-    assert seen(2) == pixels(range(0, 12), range(8, 20), 20)         # loc 2: top-right
-    assert seen(5) == pixels(range(4, 16), range(8, 20), 20)         # loc 5: middle row, right
+        assert seen(f * 9 + 4) == centre  # loc 4: centre, rows 4..15, cols 4..15
+    assert seen(0) == pixels(range(0, 12), range(0, 12), 20)  # loc 0: top-left
+    assert seen(2) == pixels(range(0, 12), range(8, 20), 20)  # loc 2: top-right
+    assert seen(5) == pixels(range(4, 16), range(8, 20), 20)  # loc 5: middle row, right
     assert seen(24 * 9 + 8) == pixels(range(8, 20), range(8, 20), 20)  # last neuron: bottom-right
     # explicit corner pixels of the centre field
-    assert {84, 95, 304, 315} <= seen(4)           # (4,4), (4,15), (15,4), (15,15)
-    assert not {83, 96, 64, 324} & seen(4)         # (4,3), (4,16), (3,4), (16,4)
+    assert {84, 95, 304, 315} <= seen(4)  # (4,4), (4,15), (15,4), (15,15)
+    assert not {83, 96, 64, 324} & seen(4)  # (4,3), (4,16), (3,4), (16,4)
 
 
 def test_local_pairs_by_hand_non_tiling_stride():
@@ -329,8 +329,15 @@ def test_convolution_sizes(n_filters, kernel, neurons, xy_parameters, yy, total)
 
 def test_fully_connected_sizes_and_geometry():
     g = Geometry(crop=20, kernel_size=20, stride=4, n_filters=100, architecture="FC")
-    assert g.sizes() == {"x_neurons": 400, "y_neurons": 100, "locations": 1, "xy_synapses": 40_000,
-                         "xy_parameters": 40_000, "yy_synapses": 9_900, "total_parameters": 49_900}
+    assert g.sizes() == {
+        "x_neurons": 400,
+        "y_neurons": 100,
+        "locations": 1,
+        "xy_synapses": 40_000,
+        "xy_parameters": 40_000,
+        "yy_synapses": 9_900,
+        "total_parameters": 49_900,
+    }
     i, j = local_pairs(g)
     assert len(i) == 40_000 and set(np.bincount(j)) == {400}
     with pytest.raises(GeometryError, match="kernel_size must be 20"):
