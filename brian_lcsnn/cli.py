@@ -16,7 +16,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _protocol_args(parser):
-    parser.add_argument("protocol", help="the protocol file (YAML)")
+    parser.add_argument("protocol", help="the protocol file (YAML), or a shipped protocol's name (quickstart)")
     example = "e.g. --set network.n_filters=100 --set phases.0.n=500"
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a protocol value, {example}")  # fmt: skip

@@ -8,6 +8,7 @@ A parameter that the equations also declare as a variable is a runtime parameter
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -43,13 +44,22 @@ class ModelError(ValueError):
     """A model file that cannot be used; the message names the file and the key."""
 
 
+def shipped_folder(package: str, folder: str) -> Path:
+    """A folder of YAML files installed with the package: the repository's top-level ``folder`` (``models`` or
+    ``protocols``), installed as the subpackage ``package`` (an editable install maps it to the checkout's folder,
+    so an edit there is seen at once); a checkout run without installing reads the folder next to the package."""
+    try:
+        return Path(importlib.resources.files(package))
+    except ModuleNotFoundError:
+        here = Path(__file__).resolve().parent
+        if (here.parent / folder / "__init__.py").is_file():
+            return here.parent / folder
+        raise ModelError(f"{package}: the package's {folder} folder is missing (reinstall brian-lcsnn)") from None
+
+
 def models_dir() -> Path:
-    """The ``models/`` folder shipped with the package (the repository's top-level ``models/``)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "models", here / "models"):
-        if candidate.is_dir():
-            return candidate
-    raise ModelError(f"models folder not found next to {here}")
+    """The shipped model files: the repository's top-level ``models/``, installed as ``brian_lcsnn.model_files``."""
+    return shipped_folder("brian_lcsnn.model_files", "models")
 
 
 def parse_quantity(value, where: str = "value"):

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from .models import ModelError, load_model, parse_quantity, read_yaml
+from .models import ModelError, load_model, parse_quantity, read_yaml, shipped_folder
 from .topology import ARCHITECTURES, YY_PAIRS, Geometry, GeometryError
 
 __all__ = [
     "ProtocolError",
     "Protocol",
     "load_protocol",
+    "protocols_dir",
+    "resolve_protocol",
     "apply_overrides",
     "is_plastic",
     "phase_split",
@@ -369,11 +371,31 @@ def _evaluation(phase: dict, entry: dict, out: dict, pw: str) -> None:
     entry["evaluate_every"], entry["evaluate"] = every, resolved
 
 
+def protocols_dir() -> Path:
+    """The shipped protocols: the repository's top-level ``protocols/``, installed as ``brian_lcsnn.protocol_files``."""
+    return shipped_folder("brian_lcsnn.protocol_files", "protocols")
+
+
+def resolve_protocol(ref: str | Path) -> Path:
+    """The protocol file ``ref`` names: an existing file always wins; otherwise a name without ``.yaml`` (such as
+    ``quickstart`` or ``thesis/lc100_k12``) is a protocol shipped with the package, wherever it is installed."""
+    path = Path(ref)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or path.is_absolute():
+        return path
+    try:
+        shipped = protocols_dir() / f"{path}.yaml"
+    except ModelError:
+        return path
+    return shipped if shipped.is_file() else path
+
+
 def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protocol:
-    """Read, override and check a protocol file; raises `ProtocolError` with a one-line message."""
-    path = Path(path)
+    """Read, override and check a protocol file (a path, or the name of a shipped protocol: `resolve_protocol`);
+    raises `ProtocolError` with a one-line message."""
+    path = resolve_protocol(path)
     if not path.is_file():
-        raise ProtocolError(f"{path}: protocol file not found")
+        hint = "" if path.suffix else " (nor the name of a shipped protocol, such as quickstart or thesis/lc100_k12)"
+        raise ProtocolError(f"{path}: protocol file not found{hint}")
     raw = read_yaml(path, ProtocolError)
     if not isinstance(raw, dict):
         raise ProtocolError(f"{path}: a protocol must be a mapping of sections")

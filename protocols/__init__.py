@@ -1,0 +1,1 @@
+"""The shipped protocols (installed as ``brian_lcsnn.protocol_files``; read with importlib.resources)."""

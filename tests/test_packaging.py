@@ -1,0 +1,51 @@
+"""Packaging: the shipped model and protocol files.
+
+The install itself (a wheel outside the checkout) is tests/test_wheel.py.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from brian_lcsnn.cli import main
+from brian_lcsnn.models import models_dir
+from brian_lcsnn.protocol import ProtocolError, load_protocol, protocols_dir, resolve_protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.mark.codegen_independent
+def test_every_model_and_protocol_file_is_package_data_read_from_the_checkout():
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    for package, folder in (("brian_lcsnn.model_files", "models"), ("brian_lcsnn.protocol_files", "protocols")):
+        assert package in setuptools["packages"] and setuptools["package-dir"][package] == folder
+        files = {p.relative_to(ROOT / folder).as_posix() for p in (ROOT / folder).rglob("*.y*ml")}
+        assert files, folder
+        patterns = setuptools["package-data"][package]  # setuptools globs them, "**" recursive
+        shipped = {p.relative_to(ROOT / folder).as_posix() for pat in patterns for p in (ROOT / folder).glob(pat)}
+        assert shipped == files, f"{folder}: not in the wheel: {sorted(files - shipped)}"
+    # the editable install reads the checkout's folders: an edit to models/*.yaml is seen at once
+    assert models_dir() == ROOT / "models" and protocols_dir() == ROOT / "protocols"
+
+
+@pytest.mark.codegen_independent
+def test_a_protocol_name_is_a_shipped_protocol_and_an_existing_file_wins(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outside the checkout
+    assert resolve_protocol("quickstart") == ROOT / "protocols" / "quickstart.yaml"
+    assert resolve_protocol("thesis/lc100_k12") == ROOT / "protocols" / "thesis" / "lc100_k12.yaml"
+    assert load_protocol("thesis/lc100_k12").path == ROOT / "protocols" / "thesis" / "lc100_k12.yaml"
+    assert main(["check", "quickstart"]) == 0
+    assert capsys.readouterr().out.strip() == f"{ROOT / 'protocols' / 'quickstart.yaml'}: ok (3 phases)"
+
+    (tmp_path / "quickstart").write_text((ROOT / "protocols" / "quickstart.yaml").read_text())
+    assert resolve_protocol("quickstart") == Path("quickstart")  # an existing file always wins
+    assert load_protocol("quickstart").path == tmp_path / "quickstart"
+    assert resolve_protocol("quickstart.yaml") == Path("quickstart.yaml")  # a file name is never a shipped name
+    with pytest.raises(ProtocolError, match=r"^quickstart\.yaml: protocol file not found$"):
+        load_protocol("quickstart.yaml")
+    with pytest.raises(ProtocolError, match=r"^thesis/nothing: protocol file not found \(nor the name of a shipped"):
+        load_protocol("thesis/nothing")
