@@ -1,4 +1,4 @@
-"""Packaging: the shipped model and protocol files.
+"""Packaging: the declared dependencies, the licence, the shipped model and protocol files.
 
 The install itself (a wheel outside the checkout) is tests/test_wheel.py.
 """
@@ -9,6 +9,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from brian_lcsnn.cli import main
 from brian_lcsnn.models import models_dir
@@ -16,6 +20,38 @@ from brian_lcsnn.protocol import ProtocolError, load_protocol, protocols_dir, re
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+#: environment.yml's entries that are conda's own, not Python dependencies of the package.
+CONDA_ONLY = {"python", "cxx-compiler", "make", "pip"}
+
+
+def _pins(requirements) -> dict[str, SpecifierSet]:
+    pins = {}
+    for text in requirements:
+        req = Requirement(text)
+        assert req.marker is None, f"{text!r}: a python_version marker cannot be written in environment.yml"
+        pins[canonicalize_name(req.name)] = req.specifier
+    return pins
+
+
+@pytest.mark.codegen_independent
+def test_environment_yml_and_pyproject_agree_on_every_dependency_and_pin():
+    declared = _pins(PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["test"])
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    conda_names = [entry for entry in conda if isinstance(entry, str)]
+    python = [Requirement(entry).specifier for entry in conda_names if Requirement(entry).name == "python"]
+    assert python == [SpecifierSet(PYPROJECT["project"]["requires-python"])]
+    assert _pins(e for e in conda_names if Requirement(e).name not in CONDA_ONLY) == declared
+    assert declared["numpy"] == SpecifierSet(">=1.24,<2.4")  # brian2 2.9 does not import with numpy 2.4
+
+
+@pytest.mark.codegen_independent
+def test_the_declared_mit_licence_is_shipped():
+    assert PYPROJECT["project"]["license"] == "MIT"
+    assert PYPROJECT["project"]["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert "Copyright (c) 2026 the brian-lcsnn developers" in text
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in text
 
 
 @pytest.mark.codegen_independent
