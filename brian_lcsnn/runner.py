@@ -112,6 +112,26 @@ def _sample_indices(sampling: str, n: int, pool: int, rng: np.random.Generator, 
     return np.arange(n)
 
 
+def _git_checkout(root: Path | None = None) -> tuple[str | None, bool | None]:
+    """The commit of the git checkout the package runs from (a clone, an editable install) and whether its
+    tracked files differ from it; ``(None, None)`` when installed from a wheel or an index (or without git)."""
+    import subprocess
+
+    root = root or Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # a wheel's site-packages (even one inside some other repository) has none
+        return None, None
+    out = []
+    for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]):
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):  # no git program, or it hangs
+            return None, None
+        if done.returncode:  # e.g. a checkout git refuses to read (another owner)
+            return None, None
+        out.append(done.stdout.strip())
+    return out[0], bool(out[1])
+
+
 def _versions() -> dict:
     versions = {"python": platform.python_version()}
     for dist in (
@@ -129,6 +149,7 @@ def _versions() -> dict:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
+    versions["git_commit"], versions["git_dirty"] = _git_checkout()  # None, None: not run from a checkout
     return versions
 
 

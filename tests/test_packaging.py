@@ -1,10 +1,12 @@
-"""Packaging: the declared dependencies, the licence, the shipped model and protocol files.
+"""Packaging: the declared dependencies, the licence, the shipped model and protocol files, the recorded commit.
 
 The install itself (a wheel outside the checkout) is tests/test_wheel.py.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from packaging.utils import canonicalize_name
 from brian_lcsnn.cli import main
 from brian_lcsnn.models import models_dir
 from brian_lcsnn.protocol import ProtocolError, load_protocol, protocols_dir, resolve_protocol
+from brian_lcsnn.runner import _git_checkout, _versions
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -85,3 +88,43 @@ def test_a_protocol_name_is_a_shipped_protocol_and_an_existing_file_wins(tmp_pat
         load_protocol("quickstart.yaml")
     with pytest.raises(ProtocolError, match=r"^thesis/nothing: protocol file not found \(nor the name of a shipped"):
         load_protocol("thesis/nothing")
+
+
+def _git(repo: Path, *args: str) -> str:
+    identity = ("-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "commit.gpgsign=false")
+    return subprocess.run(["git", "-C", str(repo), *identity, *args], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+
+
+@pytest.mark.codegen_independent
+def test_the_git_commit_and_dirty_state_of_a_checkout_are_recorded(tmp_path):
+    assert _git_checkout(tmp_path) == (None, None)  # not a checkout: installed from a wheel or an index
+    repo = tmp_path / "clone"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "tracked.txt").write_text("a")
+    _git(repo, "add", "tracked.txt")
+    _git(repo, "commit", "-q", "-m", "first")
+    sha = _git(repo, "rev-parse", "HEAD")
+    (repo / "untracked.txt").write_text("not part of the source")
+    assert _git_checkout(repo) == (sha, False)
+    (repo / "tracked.txt").write_text("b")
+    assert _git_checkout(repo) == (sha, True)
+    (repo / "inner").mkdir()
+    assert _git_checkout(repo / "inner") == (None, None)  # only a checkout's root is the package's own
+
+
+@pytest.mark.codegen_independent
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="the package does not run from a git checkout here")
+def test_versions_name_the_checkouts_commit():
+    versions = _versions()
+    assert versions["git_commit"] == _git(ROOT, "rev-parse", "HEAD")
+    assert isinstance(versions["git_dirty"], bool)
+
+
+@pytest.mark.standalone
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="the package does not run from a git checkout here")
+def test_run_json_records_the_commit(tiny_run):
+    versions = json.loads((tiny_run / "run.json").read_text())["versions"]
+    assert versions["git_commit"] == _git(ROOT, "rev-parse", "HEAD")
+    assert isinstance(versions["git_dirty"], bool)

@@ -61,6 +61,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_quickstart(tmp_path):
     assert run_dir.parent == results
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished"
+    assert info["versions"]["git_commit"] is None and info["versions"]["git_dirty"] is None  # not a checkout
     scores = json.loads((run_dir / "scores.json").read_text())
     assert scores, "scores.json is empty"
     assert sorted(p.name for p in (run_dir / "models").iterdir()) == sorted(
