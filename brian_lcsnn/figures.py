@@ -62,9 +62,9 @@ class StoredRun:
 
     @property
     def test_phase(self) -> str:
-        """The first test phase: the first of scores.json, else of the protocol."""
-        tests = [p["name"] for p in self.protocol.get("phases", []) if p.get("type") == "test" and "name" in p]
-        return next(iter(self.scores), tests[0] if tests else "test")
+        """The headline test phase (`readout.headline_test_phase`): of scores.json, else of the protocol."""
+        tests = [p for p in self.protocol.get("phases", []) if "name" in p]
+        return readout.headline_test_phase(self.scores) or readout.headline_test_phase(tests) or "test"
 
     def state(self, phase: str | None = None) -> dict:
         """``state.npz`` (or ``states/<phase>.npz``): xy_w, xy_i, xy_j, yy_w, yy_i, yy_j, theta (volt)."""

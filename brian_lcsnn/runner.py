@@ -459,10 +459,10 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
             save_checkpoint(k + 1, 0, state, None)
             write_json(run_dir / "run.json", info)
         _write_state(run_dir, None, g, state)
-        tests = [p["name"] for p in protocol["phases"] if p["type"] == "test"]
-        if protocol["readout"]["showcase"] and tests:
+        headline = readout.headline_test_phase(protocol["phases"])
+        if protocol["readout"]["showcase"] and headline:
             start = time.perf_counter()
-            _write_showcase(run_dir, protocol, dataset, sim, state, votes, linear, tests[-1], root_seq)
+            _write_showcase(run_dir, protocol, dataset, sim, state, votes, linear, headline, root_seq)
             info["showcase_seconds"] = round(time.perf_counter() - start, 3)
             if progress:
                 print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
@@ -577,8 +577,8 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
 
 def _write_showcase(run_dir: Path, protocol: Protocol, dataset, sim: Simulator, state: NetworkState, votes, linear,
                     test: str, root_seq: np.random.SeedSequence) -> None:  # fmt: skip
-    """``showcase.npz``: the first ``readout.showcase`` samples of the last test phase presented once more with the
-    final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
+    """``showcase.npz``: the first ``readout.showcase`` samples of the headline (last) test phase presented once
+    more with the final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
     with np.load(run_dir / "counts" / f"{test}.npz", allow_pickle=False) as data:
         indices = data["image_indices"][: protocol["readout"]["showcase"]]
     images, labels = dataset.split(phase_split(next(p for p in protocol["phases"] if p["name"] == test))[0])

@@ -279,7 +279,7 @@ def _seeds(value, where: str) -> list | None:
 
 
 def _check_objective(objective, protocol, where: str) -> str:
-    """``PHASE.METHOD`` (a test phase of the base protocol) or a METHOD of its last test phase."""
+    """``PHASE.METHOD`` (a test phase of the base protocol) or a METHOD of its headline (last) test phase."""
     from .readout import VOTING_METHODS
 
     if not isinstance(objective, str) or not objective:
@@ -437,12 +437,12 @@ def random_trials(sweep: Sweep) -> list[Trial]:
 
 def objective_value(scores: dict, objective: str) -> float | None:
     """The objective's accuracy in a run's scores.json (None if the run has no such score)."""
-    from .readout import VOTING_METHODS
+    from .readout import VOTING_METHODS, headline_test_phase
 
     phase, _, method = objective.rpartition(".")
     if not scores:
         return None
-    methods = scores.get(phase) if phase else list(scores.values())[-1]  # scores.json keeps phase order
+    methods = scores.get(phase or headline_test_phase(scores))  # scores.json keeps phase order
     if not isinstance(methods, dict):
         return None
     if method == BEST_VOTING:
