@@ -36,31 +36,49 @@ SHOWCASE_BRANCH = 2**31 - 2
 
 
 class Progress:
-    """Samples done, samples/s and ETA of a phase, on stderr (one refreshed line on a terminal)."""
+    """Samples done, samples/s and ETA of a phase on stderr: a tqdm bar refreshed in place on a terminal, one
+    plain line per chunk elsewhere (a log file, a pipe); nothing when not ``enabled``."""
 
     def __init__(self, phase: str, total: int, enabled: bool = True, stream=None):
         self.phase, self.total, self.enabled = phase, total, enabled
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
-        self.tty = getattr(stream, "isatty", lambda: False)()
+        self.tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            # smoothing 0: the mean rate since the start, which `exclude` corrects as it does for the lines
+            self.bar = tqdm(total=total, desc=phase, unit=" samples", file=self.stream, smoothing=0,
+                            dynamic_ncols=True)  # fmt: skip
 
     def update(self, done: int) -> None:
         if not self.enabled:
             return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= self.total:
+                self.bar.close()
+            return
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else float("nan")
-        line = f"{self.phase}: {done}/{self.total} samples, {rate:.0f} samples/s, ETA {eta:.0f} s"
-        end = "\r" if self.tty and done < self.total else "\n"
-        print(line, end=end, file=self.stream, flush=True)
+        print(f"{self.phase}: {done}/{self.total} samples, {rate:.0f} samples/s, ETA {eta:.0f} s", file=self.stream,
+              flush=True)  # fmt: skip
 
     def note(self, line: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"{self.phase}: {line}", file=self.stream)  # above the bar, which stays in place
+        else:
             print(f"{self.phase}: {line}", file=self.stream, flush=True)
 
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation) out of the samples/s."""
         self.start += seconds
+        if self.bar is not None:
+            self.bar.start_t += seconds
 
 
 def make_simulator(protocol: Protocol, device: str | None = None, build_root=None) -> Simulator:
@@ -290,7 +308,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
-    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root, progress)
     _check_split_sizes(protocol, dataset)
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
@@ -336,7 +354,7 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
     if is_running(run_dir):
         raise RunError(f"{run_dir}: is being run by another process")
     protocol = load_protocol(run_dir / "protocol.yaml")
-    dataset, sim, _ = _prepare(protocol, device, build_root)
+    dataset, sim, _ = _prepare(protocol, device, build_root, progress)
     with running_lock(run_dir):
         info = read_json(run_dir / "run.json")  # as the last process left it
         if info.get("status") == "finished":
@@ -348,13 +366,13 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
 
 
-def _prepare(protocol: Protocol, device, build_root):
+def _prepare(protocol: Protocol, device, build_root, progress: bool = False):
     ds = protocol["dataset"]
-    dataset = load_dataset(ds["name"], ds["path"])
+    dataset = load_dataset(ds["name"], ds["path"], progress=progress)
     sim = make_simulator(protocol, device, build_root)
     logger.info("preparing %s on %s", protocol.name, sim.device_name)
     try:
-        compile_seconds = sim.prepare()
+        compile_seconds = sim.prepare(progress)
     except DeviceError:
         raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
