@@ -321,12 +321,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "device": sim.device_name,
         "float": sim.float_dtype,
         "threads": sim.threads,
-        "build": {
-            "key": sim.key,
-            "directory": str(sim.build_dir),
-            "compiled": sim.compiled_now,
-            "prepare_seconds": round(compile_seconds, 3),
-        },  # fmt: skip
+        "build": _build_info(sim, compile_seconds),
         "sizes": protocol.geometry.sizes(),
         "dataset": {"name": dataset.name, "source": dataset.source},
         "versions": _versions(),
@@ -364,6 +359,16 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         info["resumed"] = info.get("resumed", 0) + 1
         info.pop("error", None)
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
+
+
+def _build_info(sim: Simulator, prepare_seconds: float) -> dict:
+    """run.json's ``build``: the key and folder, compiled or reused, the prepare time, and on CUDA what
+    `cuda.apply_cuda_fixes` set (C++17, the cuRAND it found)."""
+    build = {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
+             "prepare_seconds": round(prepare_seconds, 3)}  # fmt: skip
+    if sim.cuda_fixes:
+        build["cuda_fixes"] = dict(sim.cuda_fixes)
+    return build
 
 
 def _prepare(protocol: Protocol, device, build_root, progress: bool = False):
