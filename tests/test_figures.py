@@ -383,3 +383,20 @@ def test_every_user_reads_the_same_headline_test_phase(fake_run, tmp_path):
     assert row["best_voting"] == best and row["linear"] == scores["test"]["linear"]["accuracy"]
     html = report._section_scores(run)
     assert html.count("headline") == 1 and html.index("headline") > html.index("<h3>test")
+
+
+@codegen_independent
+def test_learning_curve_gives_every_readout_its_own_style(fake_run):
+    from matplotlib.figure import Figure
+
+    curve = json.loads((fake_run / "curves" / "train.json").read_text())
+    for point in curve["points"]:
+        entry = point["scores"]["patch_voting"]
+        point["scores"].update({f"top_{n}": {**entry, "accuracy": entry["accuracy"] / n} for n in range(1, 11)})
+    (fake_run / "curves" / "train.json").write_text(json.dumps(curve))
+    fig = Figure()
+    FIGURES["learning_curve"](load_stored_run(fake_run), fig)
+    lines = [line for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+    assert len(lines) == 4 + 10  # three voting rules, linear, top 1..10
+    styles = {(str(line.get_color()), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(styles) == len(lines)
