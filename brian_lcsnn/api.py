@@ -69,10 +69,11 @@ class LoadedRun:
     def state_before(self, name: str) -> NetworkState:
         """The state the run had when phase ``name`` started."""
         k, _ = self._phase(name)
-        if k == 0:
+        # an unlock changes no weight, and the run writes no state after one: the state before it is the same
+        before = [p for p in self.protocol["phases"][:k] if p["type"] != "unlock"]
+        if not before:
             raise RunError(f"{name!r} is the first phase: its start state is the random initial state")
-        previous = self.protocol["phases"][k - 1]["name"]
-        return read_state(self.path / "states" / f"{previous}.npz", self.protocol.geometry)
+        return read_state(self.path / "states" / f"{before[-1]['name']}.npz", self.protocol.geometry)
 
     def rerun(self, name: str = "test") -> dict:
         """Re-simulate an evaluation phase exactly as the run did it (same samples, same seeds) and score it."""

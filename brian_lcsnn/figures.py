@@ -62,9 +62,9 @@ class StoredRun:
 
     @property
     def test_phase(self) -> str:
-        """The first test phase: the first of scores.json, else of the protocol."""
-        tests = [p["name"] for p in self.protocol.get("phases", []) if p.get("type") == "test" and "name" in p]
-        return next(iter(self.scores), tests[0] if tests else "test")
+        """The headline test phase (`readout.headline_test_phase`): of scores.json, else of the protocol."""
+        tests = [p for p in self.protocol.get("phases", []) if "name" in p]
+        return readout.headline_test_phase(self.scores) or readout.headline_test_phase(tests) or "test"
 
     def state(self, phase: str | None = None) -> dict:
         """``state.npz`` (or ``states/<phase>.npz``): xy_w, xy_i, xy_j, yy_w, yy_i, yy_j, theta (volt)."""
@@ -409,7 +409,11 @@ def learning_curve(run: StoredRun, fig) -> None:
     order = [*readout.VOTING_METHODS, "linear"]
     methods = list(dict.fromkeys(m for _, _, c in curves for p in c["points"] for m in p["scores"]))
     methods.sort(key=lambda m: order.index(m) if m in order else len(order))
-    colours = dict(zip(order, ("#fe9929", "#ec7014", "#cc4c02", ACCENT), strict=True))
+    styles = {m: (c, "-", "o") for m, c in zip(order, ("#fe9929", "#ec7014", "#cc4c02", ACCENT), strict=True)}
+    others = [m for m in methods if m not in order]  # top_<n>: a grey, a dash and a marker of its own each
+    greys, dashes, marks = ("0.2", "0.45", "0.65"), (":", "--", "-."), ("s", "^", "D", "v")
+    for j, method in enumerate(others):
+        styles[method] = (greys[j % 3], dashes[j // 3 % 3], marks[j % 4])
     fig.set_size_inches(8, 4.8)
     ax = fig.add_subplot()
     for k, (phase, offset, curve) in enumerate(curves):
@@ -420,8 +424,8 @@ def learning_curve(run: StoredRun, fig) -> None:
             if any(e is None for e in entries):
                 continue
             acc, err = np.array([e["accuracy"] for e in entries]), np.array([e["error"] for e in entries])
-            colour = colours.get(method, "0.45")
-            ax.plot(x, acc, marker="o", ms=3.5, color=colour, ls="-" if method in order else ":",
+            colour, dash, mark = styles[method]
+            ax.plot(x, acc, marker=mark, ms=3.5, color=colour, ls=dash,
                     label=_method_title(method) if k == 0 else None)  # fmt: skip
             ax.fill_between(x, acc - err, acc + err, color=colour, alpha=0.18, lw=0)
         if offset:

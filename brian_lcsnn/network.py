@@ -245,7 +245,12 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
     rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")
-    voltages = b2.StateMonitor(Y, "v", record=True, name="Y_voltages") if record_voltages else None
+    # v as Y's threshold tests it (after the leak and the step's input, before the reset): a spike at step t is a
+    # trace that reaches v_thresh + theta at t, and step 0 of a sample is already that sample's. Brian2's default
+    # (the start of a step) would show every step one step late and lose each sample's last step.
+    voltages = None
+    if record_voltages:
+        voltages = b2.StateMonitor(Y, "v", record=True, name="Y_voltages", when="thresholds", order=Y.order - 1)
     network = b2.Network(X, Y, XY, YY, spikes, rng, *(kernels.contained if kernels is not None else ()))
     if voltages is not None:
         network.add(voltages)

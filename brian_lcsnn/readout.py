@@ -21,6 +21,7 @@ __all__ = [
     "LinearReadout",
     "evaluate",
     "best_voting",
+    "headline_test_phase",
 ]
 
 logger = logging.getLogger(__name__)
@@ -381,3 +382,28 @@ def best_voting(scores_dict):
         raise ValueError(f"none of {VOTING_METHODS} in scores")
     best = max(present, key=lambda m: scores_dict[m]["accuracy"])
     return best, scores_dict[best]
+
+
+def headline_test_phase(phases):
+    """The test phase whose scores stand for the run: the last one (the one rule of every user).
+
+    The learning curve's and the report's figures, the index's ``best_voting`` and ``linear`` columns, a
+    sweep's objective without a phase and the showcase all read this phase. The last, because the README's
+    tuning protocols calibrate, score a validation phase and then the test phase.
+
+    Parameters
+    ----------
+    phases : mapping or iterable
+        A run's scores.json (test phase name -> methods, in phase order), a protocol's phase list (dicts with
+        ``type`` and ``name``: only test phases count) or test phase names.
+
+    Returns
+    -------
+    str or None
+        The phase name; None when there is no test phase.
+    """
+    if isinstance(phases, dict):
+        names = list(phases)
+    else:
+        names = [p if isinstance(p, str) else p["name"] for p in phases if isinstance(p, str) or p["type"] == "test"]
+    return names[-1] if names else None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures
+from . import figures, readout
 from .figures import FIGURES, MissingData, StoredRun, load_stored_run
 from .results import RunError, default_results_root, is_running, read_json, write_text
 from .topology import competition_pairs, kernel_index, local_pairs
@@ -188,11 +188,13 @@ def _section_scores(run: StoredRun) -> str:
         return "<h2>Scores</h2><p>No test phase has finished yet.</p>"
     parts = ["<h2>Scores</h2>", '<p class="muted">Test accuracy ± binomial standard error sqrt(p(1 − p)/n); '
              "samples without any Y spike count as wrong.</p>"]  # fmt: skip
+    headline = readout.headline_test_phase(run.scores)
     for phase, methods in run.scores.items():
         rows = [[_e(m), _num(s.get("accuracy"), "{:.4f}"), _num(s.get("error"), "{:.4f}"), _num(s.get("n")),
                  _num(s.get("no_spike"))] for m, s in methods.items()]  # fmt: skip
         header = ["readout", "accuracy", "± s.e.", "n", "no spike"]
-        parts += [f"<h3>{_e(phase)}</h3>", _table(header, rows, {1, 2, 3, 4})]
+        note = ' <span class="muted">(headline: the figures, the index, sweeps)</span>' if phase == headline else ""
+        parts += [f"<h3>{_e(phase)}{note}</h3>", _table(header, rows, {1, 2, 3, 4})]
     return "\n".join(parts)
 
 

@@ -36,31 +36,49 @@ SHOWCASE_BRANCH = 2**31 - 2
 
 
 class Progress:
-    """Samples done, samples/s and ETA of a phase, on stderr (one refreshed line on a terminal)."""
+    """Samples done, samples/s and ETA of a phase on stderr: a tqdm bar refreshed in place on a terminal, one
+    plain line per chunk elsewhere (a log file, a pipe); nothing when not ``enabled``."""
 
     def __init__(self, phase: str, total: int, enabled: bool = True, stream=None):
         self.phase, self.total, self.enabled = phase, total, enabled
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
-        self.tty = getattr(stream, "isatty", lambda: False)()
+        self.tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            # smoothing 0: the mean rate since the start, which `exclude` corrects as it does for the lines
+            self.bar = tqdm(total=total, desc=phase, unit=" samples", file=self.stream, smoothing=0,
+                            dynamic_ncols=True)  # fmt: skip
 
     def update(self, done: int) -> None:
         if not self.enabled:
             return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= self.total:
+                self.bar.close()
+            return
         elapsed = time.perf_counter() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else float("nan")
-        line = f"{self.phase}: {done}/{self.total} samples, {rate:.0f} samples/s, ETA {eta:.0f} s"
-        end = "\r" if self.tty and done < self.total else "\n"
-        print(line, end=end, file=self.stream, flush=True)
+        print(f"{self.phase}: {done}/{self.total} samples, {rate:.0f} samples/s, ETA {eta:.0f} s", file=self.stream,
+              flush=True)  # fmt: skip
 
     def note(self, line: str) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(f"{self.phase}: {line}", file=self.stream)  # above the bar, which stays in place
+        else:
             print(f"{self.phase}: {line}", file=self.stream, flush=True)
 
     def exclude(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation) out of the samples/s."""
         self.start += seconds
+        if self.bar is not None:
+            self.bar.start_t += seconds
 
 
 def make_simulator(protocol: Protocol, device: str | None = None, build_root=None) -> Simulator:
@@ -311,7 +329,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
-    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root, progress)
     _check_split_sizes(protocol, dataset)
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
@@ -324,12 +342,7 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
         "device": sim.device_name,
         "float": sim.float_dtype,
         "threads": sim.threads,
-        "build": {
-            "key": sim.key,
-            "directory": str(sim.build_dir),
-            "compiled": sim.compiled_now,
-            "prepare_seconds": round(compile_seconds, 3),
-        },  # fmt: skip
+        "build": _build_info(sim, compile_seconds),
         "sizes": protocol.geometry.sizes(),
         "dataset": {"name": dataset.name, "source": dataset.source},
         "versions": _versions(),
@@ -357,7 +370,7 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
     if is_running(run_dir):
         raise RunError(f"{run_dir}: is being run by another process")
     protocol = load_protocol(run_dir / "protocol.yaml")
-    dataset, sim, _ = _prepare(protocol, device, build_root)
+    dataset, sim, _ = _prepare(protocol, device, build_root, progress)
     with running_lock(run_dir):
         info = read_json(run_dir / "run.json")  # as the last process left it
         if info.get("status") == "finished":
@@ -369,13 +382,23 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
 
 
-def _prepare(protocol: Protocol, device, build_root):
+def _build_info(sim: Simulator, prepare_seconds: float) -> dict:
+    """run.json's ``build``: the key and folder, compiled or reused, the prepare time, and on CUDA what
+    `cuda.apply_cuda_fixes` set (C++17, the cuRAND it found)."""
+    build = {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
+             "prepare_seconds": round(prepare_seconds, 3)}  # fmt: skip
+    if sim.cuda_fixes:
+        build["cuda_fixes"] = dict(sim.cuda_fixes)
+    return build
+
+
+def _prepare(protocol: Protocol, device, build_root, progress: bool = False):
     ds = protocol["dataset"]
-    dataset = load_dataset(ds["name"], ds["path"])
+    dataset = load_dataset(ds["name"], ds["path"], progress=progress)
     sim = make_simulator(protocol, device, build_root)
     logger.info("preparing %s on %s", protocol.name, sim.device_name)
     try:
-        compile_seconds = sim.prepare()
+        compile_seconds = sim.prepare(progress)
     except DeviceError:
         raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
@@ -480,10 +503,10 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
             save_checkpoint(k + 1, 0, state, None)
             write_json(run_dir / "run.json", info)
         _write_state(run_dir, None, g, state)
-        tests = [p["name"] for p in protocol["phases"] if p["type"] == "test"]
-        if protocol["readout"]["showcase"] and tests:
+        headline = readout.headline_test_phase(protocol["phases"])
+        if protocol["readout"]["showcase"] and headline:
             start = time.perf_counter()
-            _write_showcase(run_dir, protocol, dataset, sim, state, votes, linear, tests[-1], root_seq)
+            _write_showcase(run_dir, protocol, dataset, sim, state, votes, linear, headline, root_seq)
             info["showcase_seconds"] = round(time.perf_counter() - start, 3)
             if progress:
                 print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
@@ -598,8 +621,8 @@ def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray,
 
 def _write_showcase(run_dir: Path, protocol: Protocol, dataset, sim: Simulator, state: NetworkState, votes, linear,
                     test: str, root_seq: np.random.SeedSequence) -> None:  # fmt: skip
-    """``showcase.npz``: the first ``readout.showcase`` samples of the last test phase presented once more with the
-    final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
+    """``showcase.npz``: the first ``readout.showcase`` samples of the headline (last) test phase presented once
+    more with the final state (`present_recorded`), for the figures of voltages, spike times and predictions."""
     with np.load(run_dir / "counts" / f"{test}.npz", allow_pickle=False) as data:
         indices = data["image_indices"][: protocol["readout"]["showcase"]]
     images, labels = dataset.split(phase_split(next(p for p in protocol["phases"] if p["name"] == test))[0])

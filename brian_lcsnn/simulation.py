@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -196,19 +197,20 @@ class Simulator:
         b2.prefs.core.default_float_dtype = getattr(np, self.float_dtype)
         b2.defaultclock.dt = self.spec.dt
 
-    def prepare(self) -> float:
-        """Build (or reuse) the compiled network; returns the seconds it took."""
+    def prepare(self, progress: bool = False) -> float:
+        """Build (or reuse) the compiled network; returns the seconds it took. ``progress``: say on stderr when a
+        C++ build is compiled (its build folder has no binary yet), the silent minute of a first run."""
         start = time.perf_counter()
         if self.device_name == "runtime":
             b2.set_device("runtime")
             b2.prefs.codegen.target = "numpy"
             self._set_prefs()
         else:
-            self._prepare_standalone()
+            self._prepare_standalone(progress)
         self.compile_seconds = time.perf_counter() - start
         return self.compile_seconds
 
-    def _prepare_standalone(self):
+    def _prepare_standalone(self, progress: bool = False):
         if self.device_name == "cuda_standalone":
             from . import cuda  # registers the device (DeviceError without brian2cuda)
         # A fresh standalone device for every build (the current device may be another one, e.g. runtime).
@@ -234,6 +236,9 @@ class Simulator:
         with _locked(self.build_root / f"{self.key}.lock"):
             binary = self.build_dir / "main"
             before = binary.stat().st_mtime_ns if binary.exists() else None
+            if progress and before is None:
+                print(f"compiling (once per network structure) into {self.build_dir} ...", file=sys.stderr,
+                      flush=True)  # fmt: skip
             b2.device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
             # make relinks only when a source changed: an unchanged binary means nothing was recompiled
             self.compiled_now = before != binary.stat().st_mtime_ns

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .readout import VOTING_METHODS
+from .readout import VOTING_METHODS, headline_test_phase
 from .results import RunError, default_results_root, is_running, read_json
 
 __all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", "parse_filters", "register"]
@@ -115,7 +115,7 @@ def _read_row(run_dir: Path) -> dict | None:
         row["train_samples"] = int(sum(_number(p.get("n")) or 0 for p in phases if p.get("type") == "train"))
         row["wall_seconds"] = round(sum(_number(p.get("wall_seconds")) or 0.0 for p in phases), 3)
         current = run_dir / "scores.json"
-        last = list(scores.values())[-1] if scores else {}  # the last test phase (scores.json keeps phase order)
+        last = scores[headline_test_phase(scores)] if scores else {}  # scores.json keeps phase order
         voting = [(m, last[m]) for m in VOTING_METHODS if _number(last.get(m, {}).get("accuracy")) is not None]
         method, best = max(voting, key=lambda item: _number(item[1]["accuracy"]), default=(None, {}))
         row.update(best_voting=best.get("accuracy"), best_voting_method=method, best_voting_error=best.get("error"),

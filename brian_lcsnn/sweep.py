@@ -279,7 +279,7 @@ def _seeds(value, where: str) -> list | None:
 
 
 def _check_objective(objective, protocol, where: str) -> str:
-    """``PHASE.METHOD`` (a test phase of the base protocol) or a METHOD of its last test phase."""
+    """``PHASE.METHOD`` (a test phase of the base protocol) or a METHOD of its headline (last) test phase."""
     from .readout import VOTING_METHODS
 
     if not isinstance(objective, str) or not objective:
@@ -437,12 +437,12 @@ def random_trials(sweep: Sweep) -> list[Trial]:
 
 def objective_value(scores: dict, objective: str) -> float | None:
     """The objective's accuracy in a run's scores.json (None if the run has no such score)."""
-    from .readout import VOTING_METHODS
+    from .readout import VOTING_METHODS, headline_test_phase
 
     phase, _, method = objective.rpartition(".")
     if not scores:
         return None
-    methods = scores.get(phase) if phase else list(scores.values())[-1]  # scores.json keeps phase order
+    methods = scores.get(phase or headline_test_phase(scores))  # scores.json keeps phase order
     if not isinstance(methods, dict):
         return None
     if method == BEST_VOTING:
@@ -826,24 +826,37 @@ class DaskExecutor:
 
 
 class _Progress:
-    """done / running / failed, best so far and ETA, one line on stderr per finished trial."""
+    """done / running / failed, best so far and ETA on stderr: a tqdm bar refreshed in place on a terminal, else
+    one line per finished trial."""
 
-    def __init__(self, sweep: Sweep, total: int, done_before: int, enabled: bool, best=None):
+    def __init__(self, sweep: Sweep, total: int, done_before: int, enabled: bool, best=None, stream=None):
         self.sweep, self.total, self.enabled = sweep, total, enabled
         self.done_before, self.done, self.failed, self.running = done_before, 0, 0, 0
         self.best = best  # (objective, trial key)
         self.start = time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            # the rate and ETA count this invocation's trials only (those done before are the initial count)
+            self.bar = tqdm(total=total, initial=done_before, desc=f"sweep {sweep.name}", unit=" trials",
+                            file=self.stream, smoothing=0, dynamic_ncols=True)  # fmt: skip
 
     def line(self) -> None:
         if not self.enabled:
             return
         finished = self.done_before + self.done
+        best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+        if self.bar is not None:
+            self.bar.update(finished + self.failed - self.bar.n)
+            self.bar.set_postfix_str(f"{self.running} running, {self.failed} failed; {best}")
+            return
         remaining = max(self.total - finished - self.failed, 0)
         elapsed = time.perf_counter() - self.start
         eta = f"{remaining * elapsed / self.done / 60:.1f} min" if self.done else "?"
-        best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
         print(f"sweep {self.sweep.name}: {finished}/{self.total} done, {self.running} running, {self.failed} failed; "
-              f"{best}; ETA {eta}", file=sys.stderr, flush=True)  # fmt: skip
+              f"{best}; ETA {eta}", file=self.stream, flush=True)  # fmt: skip
 
 
 def _planned(sweep: Sweep) -> list[Trial] | None:

@@ -194,3 +194,23 @@ def test_architecture_comparison(tmp_path, capsys):
     assert "| LC | 100 | 12 | 547,200 | 2 | 0.8700 ± 0.0141 | 0.9200 ± 0.0141 |" in err
     assert "| FC | 100 | 20 | 49,900 | 1 | 0.8100 | 0.8600 |" in err
     assert (root / "figures" / "architectures.md").read_text() in err
+
+
+def test_architecture_comparison_pools_only_seeds_of_the_same_settings(tmp_path, capsys):
+    """LC 25/12 at two c_w (two seeds each) and LC 100/12 at one: three rows, each over the seeds of one setting."""
+    root = tmp_path / "results"
+    runs = [("LC", 25, -100, 1, 0.80), ("LC", 25, -100, 2, 0.78), ("LC", 25, -25, 1, 0.60), ("LC", 25, -25, 2, 0.64),
+            ("LC", 100, -100, 1, 0.88), ("LC", 100, -100, 2, 0.86)]  # fmt: skip
+    for k, (arch, n_filters, c_w, seed, acc) in enumerate(runs):
+        make_run(root, f"20240301-{k:06d}-arch-{k:06x}", seed=seed, scores={"test": _scores(acc, 0.1, 0.1)},
+                 network={"architecture": arch, "n_filters": n_filters, "kernel_size": 12, "c_w": c_w})  # fmt: skip
+    table = compare.architecture_table(compare.select_runs(root))
+    assert list(zip(table["n_filters"], table["settings"], table["runs"], strict=True)) == [
+        (25, "network.c_w=-100", 2), (25, "network.c_w=-25", 2), (100, "", 2)]  # fmt: skip
+    np.testing.assert_allclose(table["best_voting_mean"], [0.79, 0.62, 0.87])
+    np.testing.assert_allclose(table["best_voting_std"], [np.std([0.8, 0.78], ddof=1), np.std([0.6, 0.64], ddof=1),
+                                                          np.std([0.88, 0.86], ddof=1)])  # fmt: skip
+    assert main(["plot", "--compare-architectures", "--results", str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "| LC | 25 | 12 | network.c_w=-25 | 34,200 | 2 | 0.6200 ± 0.0283 |" in err
+    assert "| LC | 100 | 12 | — | 34,200 | 2 | 0.8700 ± 0.0141 |" in err

@@ -352,3 +352,51 @@ def test_every_figure_of_a_real_tiny_run(tiny_run, tmp_path):
     assert {p.stem for p in paths} == set(FIGURES) - fixed
     _check_pngs(paths)
     assert elapsed < 30, f"{elapsed:.1f} s"
+
+
+@codegen_independent
+def test_every_user_reads_the_same_headline_test_phase(fake_run, tmp_path):
+    """A run with a validation and a test phase: the figures, the report, the index, a sweep's objective and the
+    showcase all read the last test phase (`readout.headline_test_phase`)."""
+    from brian_lcsnn import readout, report
+    from brian_lcsnn.store import RunIndex
+    from brian_lcsnn.sweep import objective_value
+
+    protocol = yaml.safe_load((fake_run / "protocol.yaml").read_text())
+    protocol["phases"].insert(2, {"type": "test", "name": "validation", "n": N_TEST})
+    (fake_run / "protocol.yaml").write_text(yaml.safe_dump(protocol))
+    scores = json.loads((fake_run / "scores.json").read_text())
+    low = {m: {**e, "accuracy": e["accuracy"] / 10} for m, e in scores["test"].items()}
+    (fake_run / "scores.json").write_text(json.dumps({"validation": low, "test": scores["test"]}))  # phase order
+    shutil.copy(fake_run / "counts" / "test.npz", fake_run / "counts" / "validation.npz")
+
+    assert readout.headline_test_phase(protocol["phases"]) == "test"  # the showcase's phase (runner)
+    run = load_stored_run(fake_run)
+    assert run.test_phase == "test"  # every figure's test counts and scores
+    best = max(scores["test"][m]["accuracy"] for m in readout.VOTING_METHODS)
+    assert objective_value(json.loads((fake_run / "scores.json").read_text()), "best_voting") == best
+    results = tmp_path / "results"
+    shutil.copytree(fake_run, results / fake_run.name)
+    with RunIndex(results) as index:
+        index.sync()
+        row = index.records()[0]
+    assert row["best_voting"] == best and row["linear"] == scores["test"]["linear"]["accuracy"]
+    html = report._section_scores(run)
+    assert html.count("headline") == 1 and html.index("headline") > html.index("<h3>test")
+
+
+@codegen_independent
+def test_learning_curve_gives_every_readout_its_own_style(fake_run):
+    from matplotlib.figure import Figure
+
+    curve = json.loads((fake_run / "curves" / "train.json").read_text())
+    for point in curve["points"]:
+        entry = point["scores"]["patch_voting"]
+        point["scores"].update({f"top_{n}": {**entry, "accuracy": entry["accuracy"] / n} for n in range(1, 11)})
+    (fake_run / "curves" / "train.json").write_text(json.dumps(curve))
+    fig = Figure()
+    FIGURES["learning_curve"](load_stored_run(fake_run), fig)
+    lines = [line for line in fig.axes[0].lines if not line.get_label().startswith("_")]
+    assert len(lines) == 4 + 10  # three voting rules, linear, top 1..10
+    styles = {(str(line.get_color()), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(styles) == len(lines)
