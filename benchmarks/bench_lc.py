@@ -43,6 +43,7 @@ LIMIT_SOURCE_FILE = "lcsnn_limit.cpp"
 LIMIT_CXXFLAGS = ("-std=c++17", "-O3", "-march=native", "-ffp-contract=off")
 LIMIT_PRECISION = {"float64": "f64", "float32": "f32"}
 IMAGES_FILE = "mnist_train_crop20.u8"
+DEFAULT_SAMPLES = {25: 500, 100: 500, 1000: 60}  # per network when --filters / --samples are not given
 
 
 class BenchError(Exception):
@@ -244,21 +245,31 @@ def bench(n_filters: int, n_samples: int, float_dtype: str, args, build_root: Pa
 
 
 # -- a whole thesis row ----------------------------------------------------------------------------------------
-def thesis_row(protocol_ref: str, args, limit) -> dict:
-    """Wall time of ``lcsnn run PROTOCOL`` with a warm build, next to the limit's training rate."""
+def load_row_protocol(protocol_ref: str):
+    """The ``--thesis-row`` protocol, checked before anything runs; BenchError if it cannot be a row."""
     from brian_lcsnn.protocol import ProtocolError, load_protocol
-    from brian_lcsnn.runner import make_simulator
 
     try:
         protocol = load_protocol(protocol_ref)
     except ProtocolError as err:
         raise BenchError(f"--thesis-row: {err}") from None
+    if protocol["network"]["architecture"] != "LC":
+        architecture = protocol["network"]["architecture"]
+        raise BenchError(f"--thesis-row {protocol.path}: the limit models LC networks, got {architecture}")
+    return protocol
+
+
+def thesis_row(protocol, args, limit) -> dict:
+    """Wall time of ``lcsnn run PROTOCOL`` with a warm build, next to the limit's training rate."""
+    from brian_lcsnn.runner import make_simulator
+
     net = protocol["network"]
-    if net["architecture"] != "LC":
-        raise BenchError(f"--thesis-row {protocol.path}: the limit models LC networks, got {net['architecture']}")
     float_dtype = protocol["simulation"]["float"]
     samples = sum(int(phase["n"]) for phase in protocol["phases"])
-    prepare_s = make_simulator(protocol).prepare()  # the build `lcsnn run` will use, warm before the clock starts
+    env = dict(os.environ)
+    if args.build_root:  # else the default build cache, the one `lcsnn run` uses
+        env["BRIAN_LCSNN_BUILD"] = str(args.build_root)
+    prepare_s = make_simulator(protocol, build_root=args.build_root).prepare()  # warm before the clock starts
 
     def limit_rate():
         if limit is None:
@@ -271,7 +282,7 @@ def thesis_row(protocol_ref: str, args, limit) -> dict:
     with tempfile.TemporaryDirectory(prefix="lcsnn-bench-row-") as results:
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "brian_lcsnn", "run", str(protocol.path), "--results", results,
-                               "--quiet"], capture_output=True, text=True)  # fmt: skip
+                               "--quiet"], capture_output=True, text=True, env=env)  # fmt: skip
         wall = time.perf_counter() - start
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -330,9 +341,11 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     parser = _Parser(prog="bench_lc.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--filters", type=int, nargs="+", default=[25, 100, 1000])
-    parser.add_argument("--samples", type=int, nargs="+", default=[500, 500, 60],
-                        help="samples per timed chunk, one per --filters value (or one for all)")  # fmt: skip
+    parser.add_argument("--filters", type=int, nargs="+",
+                        help="networks LC F/12 (default: 25 100 1000; none with --thesis-row alone)")  # fmt: skip
+    parser.add_argument("--samples", type=int, nargs="+",
+                        help="samples per timed chunk, one per --filters value or one for all (default: "
+                        "500, LC 1000: 60)")  # fmt: skip
     parser.add_argument("--warm", type=int, default=200, help="training samples before the timed chunks")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each measurement; the medians are printed")
     parser.add_argument("--float", nargs="+", default=["float64", "float32"], choices=tuple(LIMIT_PRECISION))
@@ -354,16 +367,22 @@ def main(argv=None) -> int:
         help="also time `lcsnn run PROTOCOL` with a warm build (e.g. protocols/thesis/lc100_k12.yaml)",
     )
     args = parser.parse_args(argv)
-    samples = args.samples * len(args.filters) if len(args.samples) == 1 else args.samples
+    if args.filters is None:
+        args.filters = [] if args.thesis_row else list(DEFAULT_SAMPLES)
+    if args.samples is None:
+        samples = [DEFAULT_SAMPLES.get(n_filters, 500) for n_filters in args.filters]
+    else:
+        samples = args.samples * len(args.filters) if len(args.samples) == 1 else args.samples
     if len(samples) != len(args.filters):
         parser.error(f"--samples: give one value or one per --filters value ({len(args.filters)}), got {len(samples)}")
     for name, values, minimum in (("--filters", args.filters, 1), ("--samples", samples, 1),
                                   ("--repeat", [args.repeat], 1), ("--warm", [args.warm], 0)):  # fmt: skip
-        if min(values) < minimum:
+        if values and min(values) < minimum:
             parser.error(f"{name}: must be >= {minimum}, got {min(values)}")
     if args.limit is not None and not (args.limit.is_file() and os.access(args.limit, os.X_OK)):
         parser.error(f"--limit {args.limit}: not an executable file")
     try:
+        protocol = load_row_protocol(args.thesis_row) if args.thesis_row else None
         limit = None
         if not args.no_limit:
             cache = limit_cache_dir()
@@ -376,8 +395,8 @@ def main(argv=None) -> int:
                 rows.append(bench(n_filters, n_samples, float_dtype, args, root, limit))
                 print(json.dumps(rows[-1]), flush=True)
         row = None
-        if args.thesis_row:
-            row = thesis_row(args.thesis_row, args, limit)
+        if protocol is not None:
+            row = thesis_row(protocol, args, limit)
             print(json.dumps(row), flush=True)
     except BenchError as err:
         print(f"bench_lc.py: error: {err}", file=sys.stderr)

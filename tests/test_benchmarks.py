@@ -81,3 +81,16 @@ def test_bad_limit_source_exit_2(tmp_path, capsys):
     assert bench_lc.main(["--filters", "25", "--samples", "10", "--limit-source", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench_lc.py: error: ") and "limit source not found" in err and err.count("\n") == 1
+
+
+def test_bad_thesis_row_is_checked_before_anything_runs(tmp_path, capsys):
+    # a missing protocol fails at once, before the limit is built (--limit-source would fail too, later)
+    code = bench_lc.main(["--thesis-row", str(tmp_path / "none.yaml"), "--limit-source", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_lc.py: error: --thesis-row: ") and "protocol file not found" in err, err
+    assert err.count("\n") == 1
+    fc = tmp_path / "fc.yaml"
+    fc.write_text((ROOT / "protocols" / "thesis" / "fc100.yaml").read_text())
+    assert bench_lc.main(["--thesis-row", str(fc), "--no-limit"]) == 2
+    assert "the limit models LC networks, got FC" in capsys.readouterr().err
