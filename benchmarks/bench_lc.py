@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -70,13 +71,28 @@ def limit_cache_dir() -> Path:
     return default_cache_dir() / "limit"
 
 
+def limit_build_context() -> str:
+    """What else the binary depends on: the flags, the compiler, and the CPU (-march=native)."""
+    try:
+        compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    except OSError:
+        raise BenchError(
+            "g++: not found (the limit is compiled with g++; or give a binary with --limit PATH)"
+        ) from None
+    try:
+        cpu = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.machine()
+    return "\n".join((" ".join(LIMIT_CXXFLAGS), compiler, cpu))
+
+
 def build_limit(source_dir: Path, cache: Path) -> Path:
     """Compile the limit program (cached by the hash of its source and the flags); returns the binary."""
     source = source_dir / LIMIT_SOURCE_FILE
     if not source.is_file():
         raise BenchError(f"{source}: limit source not found (give --limit-source DIR or a binary with --limit PATH)")
-    digest = hashlib.sha256(source.read_bytes() + " ".join(LIMIT_CXXFLAGS).encode()).hexdigest()[:16]
-    binary = cache / digest / "lcsnn_limit"
+    digest = hashlib.sha256(source.read_bytes() + limit_build_context().encode()).hexdigest()[:16]
+    binary = cache / digest / "lcsnn_limit"  # compiled once per source, flags, compiler and CPU
     if binary.is_file():
         return binary
     binary.parent.mkdir(parents=True, exist_ok=True)
