@@ -323,7 +323,7 @@ def table(rows: list[dict], row: dict | None) -> str:
     """The human-readable summary."""
     lines = [
         f"{'network':<14}{'float':<9}{'package train/infer':>22}{'limit train/infer':>20}{'ratio train/infer':>20}"
-    ]
+    ][: len(rows)]
     for r in rows:
         limit = (
             f"{r['limit_train_samples_per_s']:.1f} / {r['limit_infer_samples_per_s']:.1f}"
@@ -343,9 +343,8 @@ def table(rows: list[dict], row: dict | None) -> str:
         )
         lines.append(f"thesis row {Path(row['thesis_row']).name}: {row['samples']} samples in {row['wall_s']:.1f} s = "
                      f"{row['samples_per_s']:.1f} samples/s ({limit})")  # fmt: skip
-    lines.append(
-        f"samples/s, medians of {rows[0]['repeat'] if rows else '-'} side by side; load {os.getloadavg()[0]:.2f}"
-    )
+    repeat = f"medians of {rows[0]['repeat']} side by side; " if rows else ""
+    lines.append(f"samples/s, {repeat}load {os.getloadavg()[0]:.2f}")
     return "\n".join(lines)
 
 

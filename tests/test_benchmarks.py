@@ -94,3 +94,16 @@ def test_bad_thesis_row_is_checked_before_anything_runs(tmp_path, capsys):
     fc.write_text((ROOT / "protocols" / "thesis" / "fc100.yaml").read_text())
     assert bench_lc.main(["--thesis-row", str(fc), "--no-limit"]) == 2
     assert "the limit models LC networks, got FC" in capsys.readouterr().err
+
+
+def test_table_shows_both_figures_and_the_ratios():
+    row = dict(n_filters=100, float="float64", repeat=3, train_samples_per_s=146.2, infer_samples_per_s=127.2,
+               limit_train_samples_per_s=567.5, limit_infer_samples_per_s=1245.1, ratio_train=0.258,
+               ratio_infer=0.102)  # fmt: skip
+    thesis = dict(thesis_row="protocols/thesis/lc100_k12.yaml", samples=25000, wall_s=289.7, samples_per_s=86.3,
+                  limit_train_samples_per_s=540.5, ratio_train=0.16)  # fmt: skip
+    lines = bench_lc.table([row], thesis).splitlines()
+    assert lines[1].split() == "LC 100/12 float64 146.2 / 127.2 567.5 / 1245.1 0.258 / 0.102".split()
+    assert "25000 samples in 289.7 s = 86.3 samples/s (limit train 540.5, ratio 0.160)" in lines[2]
+    assert "medians of 3" in lines[3]
+    assert bench_lc.table([], thesis).splitlines()[0].startswith("thesis row lc100_k12.yaml")  # no empty header
