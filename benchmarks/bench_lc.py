@@ -193,7 +193,8 @@ class PackageBench:
     def train(self):
         """One training chunk, always from the warmed-up state; returns the result."""
         result = self.sim.run_chunk(self.train_rates, np.ones(self.n_samples), self.state, **self.args)
-        self.trained = self.trained or result.state
+        if self.trained is None:
+            self.trained = result.state
         return result
 
     def infer(self):
