@@ -276,6 +276,10 @@ class Simulator:
             self._build_standalone()
 
     def _build_standalone(self):
+        # set_device copied the dt of the device current before into this one's defaultclock: a line of
+        # main.cpp that would depend on what ran before (and recompile). Start from a clean device.
+        self._device.reinit()
+        self._device.activate(build_on_run=False)
         b2.defaultclock.dt = self.spec.dt
         seed_code = CPP_SEED_CODE
         if self.device_name == "cuda_standalone":
