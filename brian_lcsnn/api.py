@@ -96,7 +96,8 @@ class LoadedRun:
         sim = self._simulator()
         phase = {"type": "test", "name": "predict", "n": len(images), "sampling": "ordered"}
         _, out = _run_phase(sim, phase, np.asarray(images, dtype=np.uint8), np.zeros(len(images), dtype=np.uint8),
-                            self.state, self.protocol, np.random.SeedSequence(seed), progress=False)  # fmt: skip
+                            self.state, self.protocol, np.random.SeedSequence(seed), progress=False,
+                            keep_state=False)  # fmt: skip
         g = self.protocol.geometry
         return out.counts.reshape(len(images), g.n_filters, g.n_locations)
 

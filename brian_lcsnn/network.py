@@ -89,7 +89,7 @@ class BuiltNetwork:
     kernels: b2.NeuronGroup | None  # C networks: the shared kernels (XY weights link into them)
     stimulus: b2.TimedArray  # (samples_per_chunk + 1, n_inputs) rates; the last row is the silent extra step
     learning_schedule: b2.TimedArray  # (samples_per_chunk + 1,) 1 for training samples
-    rng: b2.NeuronGroup  # holds the seed of the random generator of a run
+    rng: b2.NeuronGroup  # holds the seed of the random generator of a run, and where a run stops (`STOP_RUN`)
     voltages: b2.StateMonitor | None = None  # Y's v every step, only when asked (single presentations)
 
     @property
@@ -156,6 +156,31 @@ def _synapses(model: ModelFile, source, target, equations, condition: str, name:
     _group_code(model, syn, "step_end", f"{name}_step_end", when="synapses", order=2)
     _group_code(model, syn, "first_step_end", f"{name}_first_step_end", clock=sample_clock, when="end")
     return syn
+
+
+@b2.implementation(
+    "cpp",
+    """
+    int lcsnn_stop_run(const bool stop)
+    {
+        if (stop)
+            Network::_globally_stopped = true;  // the current step ends, then Network::run returns
+        return stop;
+    }
+    """,
+)
+@b2.check_units(stop=1, result=1)
+def lcsnn_stop_run(stop):
+    """Ends the run after the current step when ``stop`` (Network::run resets the flag when it starts)."""
+    if np.any(stop):
+        b2.Network._globally_stopped = True
+    return np.asarray(stop, dtype=np.int32)
+
+
+#: At the start of every sample: stop the run once ``stop_after`` samples (a run_arg, default: never) are done.
+#: A chunk of n < samples_per_chunk samples whose end state nobody reads then costs n samples, not a whole
+#: chunk; the step that starts sample n still runs (its spikes belong to no sample), then the binary ends.
+STOP_RUN = "stopping = lcsnn_stop_run(int(t / time_per_sample + 0.5) >= stop_after)"
 
 
 def _group_code(model: ModelFile, group, key: str, name: str, **kwargs):
@@ -244,7 +269,10 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
                              name="YY_mask")  # fmt: skip
 
     spikes = b2.SpikeMonitor(Y, name="Y_spikes")
-    rng = b2.NeuronGroup(1, "seed : integer", clock=step_clock, name="rng")
+    rng = b2.NeuronGroup(1, "seed : integer\nstop_after : integer (shared)\nstopping : integer", clock=step_clock,
+                         namespace={"time_per_sample": T, "lcsnn_stop_run": lcsnn_stop_run}, name="rng")  # fmt: skip
+    rng.stop_after = K + 1  # never: a run without the run_arg presents every sample and the extra step
+    rng.run_regularly(STOP_RUN, clock=sample_clock, when="start", name="rng_stop")
     # v as Y's threshold tests it (after the leak and the step's input, before the reset): a spike at step t is a
     # trace that reaches v_thresh + theta at t, and step 0 of a sample is already that sample's. Brian2's default
     # (the start of a step) would show every step one step late and lose each sample's last step.

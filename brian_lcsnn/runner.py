@@ -208,7 +208,7 @@ def _frozen_counts(sim: Simulator, protocol: Protocol, images: np.ndarray, state
     for c, start in enumerate(range(0, len(images), K)):
         part = images[start : start + K]
         result = sim.run_chunk(_rates(protocol, part), np.zeros(len(part)), state, seed=_chunk_seed(_branch(seq, c)),
-                               plastic={}, norm_target=_norm_target(protocol))  # fmt: skip
+                               plastic={}, norm_target=_norm_target(protocol), keep_state=False)  # fmt: skip
         counts.append(result.counts)
     return np.concatenate(counts)
 
@@ -265,8 +265,10 @@ def _summary(scores: dict) -> str:
 
 def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarray, state: NetworkState,
                protocol: Protocol, seq: np.random.SeedSequence, progress: bool, checkpoint=None,
-               resume: dict | None = None, curve: LearningCurve | None = None):  # fmt: skip
+               resume: dict | None = None, curve: LearningCurve | None = None, keep_state: bool = True):  # fmt: skip
     """Present a phase's samples chunk by chunk; ``checkpoint(chunk, state, counts)`` runs after each chunk.
+
+    ``keep_state=False`` (counts only, the returned state is None): a last, partial chunk costs only its samples.
 
     Every random choice (the samples, each chunk's seed) follows from ``seq`` alone, so a phase resumed at a
     chunk (``resume = {"chunk": c, "counts": counts so far}``) continues exactly as it would have. A
@@ -304,6 +306,7 @@ def _run_phase(sim: Simulator, phase: dict, images: np.ndarray, labels: np.ndarr
             seed=_chunk_seed(chunk_seeds[c]),
             plastic={name: name in phase.get("learn", ()) for name in ("XY", "YY")},
             norm_target=_norm_target(protocol),
+            keep_state=keep_state,
         )
         state = result.state
         sim_seconds += result.seconds

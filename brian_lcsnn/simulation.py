@@ -5,6 +5,11 @@ binary once per chunk of samples, passing the chunk's stimulus, the learning sch
 thresholds and a seed as ``run_args``: no Python in the per-sample or per-step loop, and an unchanged
 structure never recompiles. ``runtime`` (numpy code generation) rebuilds the network per chunk and is
 meant for debugging small runs.
+
+Each standalone simulator owns its Brian2 device (its own ``CPPStandaloneDevice``): it makes it Brian2's
+current device, with the preferences its build needs, for the length of each prepare, run and read only, and
+then gives the previous device back. So several simulators (several structures, a runtime presentation in
+between) can be used in turn in one process, as a notebook does.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 
 import brian2 as b2
 import numpy as np
+from brian2.core.names import Nameable
+from brian2.devices.device import all_devices, reset_device
 
 from .errors import DeviceError
 from .network import BuiltNetwork, NetworkSpec, build_network
@@ -42,6 +49,11 @@ CPP_SEED_CODE = (
     "for (size_t _k = 0; _k < brian::_random_generators.size(); _k++)\n"
     "    brian::_random_generators[_k].seed((unsigned long)brian::{seed}[0] + _k);"
 )
+
+
+#: The Brian2 preferences a simulator sets while its device is current (the previous values come back after).
+_PREFS = ("core.default_float_dtype", "codegen.target", "devices.cpp_standalone.openmp_threads",
+          "devices.cpp_standalone.extra_make_args_unix")  # fmt: skip
 
 
 def default_build_root() -> Path:
@@ -65,11 +77,18 @@ class NetworkState:
 @dataclass
 class ChunkResult:
     counts: np.ndarray  # (n_samples, n_neurons) spike counts of Y
-    state: NetworkState
+    state: NetworkState | None  # None where the run was asked not to keep it (keep_state=False)
     seconds: float  # wall time of the run, process start and I/O included
     synapse_w: np.ndarray | None = None  # XY weight of every synapse as the build sees it (when asked)
     voltages: np.ndarray | None = None  # (n_neurons, steps) Y voltages in mV (runtime device, when asked)
     spikes: tuple[np.ndarray, np.ndarray] | None = None  # every Y spike's (neuron, time in s), with the voltages
+    steps: int = 0  # time steps the run simulated
+    steps_asked: int = 0  # time steps it was asked for: a whole chunk, or fewer where it stopped early
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run simulated every step it was asked for (an interrupted binary ends early)."""
+        return self.steps == self.steps_asked
 
 
 def spike_counts(indices, times, n_samples: int, n_neurons: int, steps_per_sample: int, dt) -> np.ndarray:
@@ -119,6 +138,24 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _own_names():
+    """While a build creates its objects, the live objects of other builds do not count for Brian2's names.
+
+    Brian2 names code objects uniquely among all live objects of the process (``find_name`` appends _1, ...),
+    so another simulator's network would rename this build's code objects: other generated files than the
+    same structure built alone, which recompiles, and recompiles again when it is next built alone. Only
+    ``find_name`` reads this set of weak references; they all come back after the build.
+    """
+    instances = Nameable.__instances__()
+    others = set(instances)
+    instances.difference_update(others)
+    try:
+        yield
+    finally:
+        instances.update(ref for ref in others if ref() is not None)
 
 
 class _RunArgsInUse:
@@ -191,20 +228,34 @@ class Simulator:
         self.compiled_now = False
         self._indices = None
         self.cuda_fixes: dict | None = None
+        self._device = None  # this simulator's own Brian2 device (prepare creates it)
 
     # -- preparation -------------------------------------------------------------------------------------
-    def _set_prefs(self):
-        b2.prefs.core.default_float_dtype = getattr(np, self.float_dtype)
-        b2.defaultclock.dt = self.spec.dt
+    @contextmanager
+    def _active(self):
+        """This simulator's device as Brian2's current one, with the preferences it needs; then the previous
+        device and preference values again (another simulator may have been used in between)."""
+        saved = {name: b2.prefs[name] for name in _PREFS}
+        b2.set_device(self._device, build_on_run=False)
+        try:
+            b2.prefs["core.default_float_dtype"] = getattr(np, self.float_dtype)
+            if self.device_name == "runtime":
+                b2.prefs["codegen.target"] = "numpy"
+            else:
+                b2.prefs["devices.cpp_standalone.openmp_threads"] = 0 if self.threads <= 1 else self.threads
+                b2.prefs["devices.cpp_standalone.extra_make_args_unix"] = [f"-j{os.cpu_count() or 1}"]
+            yield self._device
+        finally:
+            for name, value in saved.items():
+                b2.prefs[name] = value
+            reset_device()  # the device that was current before (set_device put it on Brian2's stack)
 
     def prepare(self, progress: bool = False) -> float:
         """Build (or reuse) the compiled network; returns the seconds it took. ``progress``: say on stderr when a
         C++ build is compiled (its build folder has no binary yet), the silent minute of a first run."""
         start = time.perf_counter()
         if self.device_name == "runtime":
-            b2.set_device("runtime")
-            b2.prefs.codegen.target = "numpy"
-            self._set_prefs()
+            self._device = all_devices["runtime"]  # keeps nothing between runs: each run builds its network
         else:
             self._prepare_standalone(progress)
         self.compile_seconds = time.perf_counter() - start
@@ -212,26 +263,38 @@ class Simulator:
 
     def _prepare_standalone(self, progress: bool = False):
         if self.device_name == "cuda_standalone":
-            from . import cuda  # registers the device (DeviceError without brian2cuda)
-        # A fresh standalone device for every build (the current device may be another one, e.g. runtime).
-        # Brian2 suffixes code-object names (_1, ...) while objects of an earlier build are alive, which
-        # changes the generated files and forces a recompile: drop the device's references, collect the dead.
-        b2.set_device(self.device_name, build_on_run=False)
-        b2.device.reinit()
+            from . import cuda  # noqa: F401 -- imported to register the device (DeviceError without brian2cuda)
+        # A device of our own, fresh for every build: its arrays, code objects and results folder are this
+        # simulator's alone, whatever other simulators of this process build or run later. Brian2 suffixes
+        # code-object names (_1, ...) while objects of a dead build are still uncollected, which changes the
+        # generated files and forces a recompile: drop the old device's references, collect the dead.
+        if self._device is not None:
+            self._device.reinit()
+            self._device = None
+        self.built = None
         gc.collect()
-        b2.device.activate(build_on_run=False)
-        self._set_prefs()
-        b2.prefs.devices.cpp_standalone.openmp_threads = 0 if self.threads <= 1 else self.threads
-        b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
+        self._device = type(all_devices[self.device_name])()
+        with self._active(), _own_names():
+            self._build_standalone(progress)
+
+    def _build_standalone(self, progress: bool = False):
+        # set_device copied the dt of the device current before into this one's defaultclock: a line of
+        # main.cpp that would depend on what ran before (and recompile). Start from a clean device.
+        self._device.reinit()
+        self._device.activate(build_on_run=False)
+        b2.defaultclock.dt = self.spec.dt
         seed_code = CPP_SEED_CODE
         if self.device_name == "cuda_standalone":
+            from . import cuda
+
             self.cuda_fixes = cuda.apply_cuda_fixes(self.build_root / "cuda_libs")
             seed_code = cuda.SEED_CODE
+        device = self._device
         built = build_network(self.spec)
         # run_args are applied here, after all objects and their initial values exist
-        b2.device.apply_run_args()
-        seed_array = b2.device.get_array_name(built.rng.variables["seed"])
-        b2.device.insert_code("main", seed_code.format(seed=seed_array))
+        device.apply_run_args()
+        seed_array = device.get_array_name(built.rng.variables["seed"])
+        device.insert_code("main", seed_code.format(seed=seed_array))
         built.network.run(self.spec.duration)
         with _locked(self.build_root / f"{self.key}.lock"):
             binary = self.build_dir / "main"
@@ -239,7 +302,7 @@ class Simulator:
             if progress and before is None:
                 print(f"compiling (once per network structure) into {self.build_dir} ...", file=sys.stderr,
                       flush=True)  # fmt: skip
-            b2.device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
+            device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
             # make relinks only when a source changed: an unchanged binary means nothing was recompiled
             self.compiled_now = before != binary.stat().st_mtime_ns
             (self.build_dir / "lcsnn_build.json").write_text(json.dumps({"key": self.key, "brian2": b2.__version__}))
@@ -257,25 +320,54 @@ class Simulator:
         schedule[:n] = learning
         return stim, schedule
 
+    def _stop_after(self, n: int, keep_state: bool) -> tuple[int, int]:
+        """``stop_after`` of the run (`network.STOP_RUN`) and the time steps the run is asked for.
+
+        A chunk of n < samples_per_chunk samples is padded with silent, non-learning samples. They change
+        no count, but the state does change in them (every sample end normalises the weights again, which
+        moves them in the last bits), so the padding is part of the state a chunk returns. Only a chunk whose
+        state is dropped (``keep_state=False``) stops after its n samples (and the step that starts sample n).
+        """
+        K, steps = self.spec.samples_per_chunk, self.spec.steps_per_sample
+        if keep_state or n >= K:
+            return K + 1, K * steps + 1  # never stops early: every sample and the extra step
+        return n, n * steps + 1
+
+    def _steps_simulated(self, b: BuiltNetwork) -> int:
+        # the step clock's t as the run left it (Brian2 re-reads t from the results; its cached timestep
+        # is the end of a complete run, whatever the binary did)
+        return int(np.rint(float(b.Y.clock.variables["t"].get_value()[0]) / float(self.spec.dt)))
+
     def run_chunk(self, rates: np.ndarray, learning: np.ndarray, state: NetworkState, *, seed: int,
                   plastic: dict[str, bool], norm_target: float, read_synapses: bool = False,
-                  record_voltages: bool = False) -> ChunkResult:  # fmt: skip
+                  record_voltages: bool = False, keep_state: bool = True) -> ChunkResult:  # fmt: skip
         """Present ``len(rates)`` samples (rates in Hz, (n, n_inputs)) and return counts and new state.
 
         ``learning[k]`` says whether sample k is a training sample (plasticity and threshold adaptation on);
         ``plastic`` which projections (``"XY"``, ``"YY"``) learn in those samples. ``read_synapses`` also
         returns every XY synapse's weight as the build reads it (for C: through its link into the kernels);
         ``record_voltages`` (runtime device only) every Y neuron's voltage at every step.
+
+        ``keep_state=False``: the caller reads only the counts. A chunk of n < samples_per_chunk samples then
+        costs about n samples, not a whole chunk (the binary stops after them, `ChunkResult.steps_asked`),
+        with the same counts as the padded chunk; its ``state`` is None.
         """
         if self.device_name == "runtime":
             return self._run_runtime(rates, learning, state, seed, plastic, norm_target, read_synapses,
-                                     record_voltages)  # fmt: skip
+                                     record_voltages, keep_state)  # fmt: skip
         if record_voltages:
             raise ValueError("voltages are recorded on the runtime device only (device='runtime')")
         if self.built is None:
             self.prepare()
+        with self._active():
+            return self._run_standalone(rates, learning, state, seed, plastic, norm_target, read_synapses,
+                                        keep_state)  # fmt: skip
+
+    def _run_standalone(self, rates, learning, state, seed, plastic, norm_target, read_synapses,
+                        keep_state) -> ChunkResult:  # fmt: skip
         b = self.built
         stim, schedule = self._padded_inputs(rates, learning)
+        stop_after, steps_asked = self._stop_after(len(rates), keep_state)
         run_args = {
             b.stimulus: stim * b2.Hz,
             b.learning_schedule: schedule,
@@ -284,6 +376,7 @@ class Simulator:
             b.Y.theta: state.theta * b2.volt,
             b.norm_target_group.norm_target: float(norm_target),
             b.rng.seed: int(seed),
+            b.rng.stop_after: stop_after,
         }
         for group, flag in _plastic_flags(b, plastic).items():
             run_args[group.plastic] = flag
@@ -293,13 +386,16 @@ class Simulator:
         start = time.perf_counter()
         in_use = _RunArgsInUse(self.build_dir)
         try:
-            b2.device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
-                          run_args=run_args)  # fmt: skip
-            new_state = NetworkState(
-                np.array(b.xy_weights.w[:], dtype=np.float64),
-                np.array(b.YY.w[:], dtype=np.float64),
-                np.array(b.Y.theta_[:], dtype=np.float64),
-            )
+            self._device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
+                             run_args=run_args)  # fmt: skip
+            steps = self._steps_simulated(b)
+            new_state = None
+            if keep_state:
+                new_state = NetworkState(
+                    np.array(b.xy_weights.w[:], dtype=np.float64),
+                    np.array(b.YY.w[:], dtype=np.float64),
+                    np.array(b.Y.theta_[:], dtype=np.float64),
+                )
             counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                                   self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
             if self._indices is None:
@@ -310,11 +406,22 @@ class Simulator:
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
             in_use.release()
-        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w)
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, steps=steps,
+                           steps_asked=steps_asked)  # fmt: skip
 
     def _run_runtime(self, rates, learning, state, seed, plastic, norm_target, read_synapses,
-                     record_voltages=False) -> ChunkResult:  # fmt: skip
+                     record_voltages=False, keep_state=True) -> ChunkResult:  # fmt: skip
+        if self._device is None:
+            self.prepare()
+        with self._active():
+            return self._run_runtime_active(rates, learning, state, seed, plastic, norm_target, read_synapses,
+                                            record_voltages, keep_state)  # fmt: skip
+
+    def _run_runtime_active(self, rates, learning, state, seed, plastic, norm_target, read_synapses,
+                            record_voltages, keep_state) -> ChunkResult:  # fmt: skip
         stim, schedule = self._padded_inputs(rates, learning)
+        stop_after, steps_asked = self._stop_after(len(rates), keep_state)
+        b2.defaultclock.dt = self.spec.dt
         b2.start_scope()
         b = build_network(self.spec, record_voltages=record_voltages)
         b.stimulus.values[:] = stim
@@ -327,18 +434,24 @@ class Simulator:
         b.norm_target_group.norm_target = float(norm_target)
         for group, name, value in b.runtime_parameters():
             setattr(group, name, value)
+        b.rng.stop_after = stop_after
         b2.seed(int(seed))
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})
+        steps = self._steps_simulated(b)
         self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
-        new_state = NetworkState(np.array(b.xy_weights.w[:], dtype=np.float64), np.array(b.YY.w[:], dtype=np.float64),
-                                 np.array(b.Y.theta_[:], dtype=np.float64))  # fmt: skip
+        new_state = None
+        if keep_state:
+            new_state = NetworkState(np.array(b.xy_weights.w[:], dtype=np.float64),
+                                     np.array(b.YY.w[:], dtype=np.float64),
+                                     np.array(b.Y.theta_[:], dtype=np.float64))  # fmt: skip
         counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                               self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
         synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         voltages = np.array(b.voltages.v_[:]) * 1e3 if record_voltages else None
         spikes = (np.array(b.spikes.i[:]), np.array(b.spikes.t_[:])) if record_voltages else None
-        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages, spikes)
+        return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages, spikes, steps,
+                           steps_asked)  # fmt: skip
 
     def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""
