@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import platform
+import signal
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
+from .interrupts import RunInterrupted, deferred, interruptible
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol, phase_split
@@ -290,40 +293,55 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
-    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
-    _check_split_sizes(protocol, dataset)
-    run_dir = new_run_dir(Path(results_root), protocol.name)
-    _write_protocol(run_dir, protocol)
-    info = {
-        "id": run_dir.name,
-        "name": protocol.name,
-        "protocol_file": str(protocol.path),
-        "status": "running",
-        "seed": protocol["seed"],
-        "device": sim.device_name,
-        "float": sim.float_dtype,
-        "threads": sim.threads,
-        "build": {
-            "key": sim.key,
-            "directory": str(sim.build_dir),
-            "compiled": sim.compiled_now,
-            "prepare_seconds": round(compile_seconds, 3),
-        },  # fmt: skip
-        "sizes": protocol.geometry.sizes(),
-        "dataset": {"name": dataset.name, "source": dataset.source},
-        "versions": _versions(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "tags": dict(tags or {}),
-        "phases": [],
-    }
-    with running_lock(run_dir):
-        write_json(run_dir / "run.json", info)
+    with interruptible(), ExitStack() as stack:
+        dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
+        _check_split_sizes(protocol, dataset)
+        info = {}
+        try:
+            with deferred():  # a signal waits for run.json: no run directory without one
+                run_dir = new_run_dir(Path(results_root), protocol.name)
+                stack.enter_context(running_lock(run_dir))
+                _write_protocol(run_dir, protocol)
+                info = {
+                    "id": run_dir.name,
+                    "name": protocol.name,
+                    "protocol_file": str(protocol.path),
+                    "status": "running",
+                    "seed": protocol["seed"],
+                    "device": sim.device_name,
+                    "float": sim.float_dtype,
+                    "threads": sim.threads,
+                    "build": _build_record(sim, compile_seconds),
+                    "sizes": protocol.geometry.sizes(),
+                    "dataset": {"name": dataset.name, "source": dataset.source},
+                    "versions": _versions(),
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "tags": dict(tags or {}),
+                    "phases": [],
+                }
+                write_json(run_dir / "run.json", info)
+        except RunInterrupted as err:
+            _mark_interrupted(run_dir, info, err)
+            raise
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint=None)
+
+
+def _build_record(sim: Simulator, compile_seconds: float) -> dict:
+    return {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
+            "prepare_seconds": round(compile_seconds, 3)}  # fmt: skip
+
+
+def _mark_interrupted(run_dir: Path, info: dict, err: RunInterrupted) -> None:
+    """run.json says ``interrupted`` (it is written again if it was), and ``err`` names the run directory."""
+    err.run_dir = run_dir
+    if info:
+        info["status"] = "interrupted"
+        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(run_dir / "run.json", info)
 
 
 def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, progress: bool = True) -> Path:
     """Finish an interrupted or failed run from its last checkpoint (a finished run is left as it is)."""
-    from .protocol import load_protocol
     from .results import RunError
 
     run_dir = Path(run_dir)
@@ -335,8 +353,19 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         return run_dir
     if is_running(run_dir):
         raise RunError(f"{run_dir}: is being run by another process")
+    with interruptible():
+        try:
+            return _resume(run_dir, device, build_root, progress)
+        except RunInterrupted as err:
+            err.run_dir = run_dir  # as it was, or marked interrupted: resumable again
+            raise
+
+
+def _resume(run_dir: Path, device, build_root, progress: bool) -> Path:
+    from .protocol import load_protocol
+
     protocol = load_protocol(run_dir / "protocol.yaml")
-    dataset, sim, _ = _prepare(protocol, device, build_root)
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
     with running_lock(run_dir):
         info = read_json(run_dir / "run.json")  # as the last process left it
         if info.get("status") == "finished":
@@ -345,6 +374,11 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         info["status"] = "running"
         info["resumed"] = info.get("resumed", 0) + 1
         info.pop("error", None)
+        # "device" is the one the run goes on with; every resume's device and build are listed
+        info["device"], info["float"], info["threads"] = sim.device_name, sim.float_dtype, sim.threads
+        info.setdefault("resumes", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "device": sim.device_name,
+                                               "build": _build_record(sim, compile_seconds)})  # fmt: skip
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
 
 
@@ -468,17 +502,23 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
                       f"{info['showcase_seconds']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         info["status"] = "finished"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # the unfinished chunk is not in the checkpoint: a resume redoes it
         info["status"] = "interrupted"
+        if not isinstance(err, RunInterrupted):
+            raise RunInterrupted(signal.SIGINT, run_dir) from err
+        err.run_dir = run_dir
         raise
     except Exception as err:
         info["status"] = "failed"
         info["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(run_dir / "run.json", info)
-    (run_dir / "checkpoint.npz").unlink(missing_ok=True)
+        # a signal now is dropped: the run ends anyway, as finished, failed or already interrupted
+        with deferred(raise_after=False):
+            info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            write_json(run_dir / "run.json", info)
+            if info["status"] == "finished":
+                (run_dir / "checkpoint.npz").unlink(missing_ok=True)
     return run_dir
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from contextlib import contextmanager
@@ -145,6 +146,44 @@ class _RunArgsInUse:
             self.handle.close()  # releases the lock
 
 
+def _children() -> set[int]:
+    """The process ids of this process's children (Linux; an empty set where /proc does not tell)."""
+    found = set()
+    try:
+        for task in os.listdir(f"/proc/{os.getpid()}/task"):
+            found.update(int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split())
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _kill_new_children(before: set[int]) -> None:
+    """Kill and reap the children started since ``before``. ``subprocess`` kills a binary it is waiting for
+    when a signal interrupts the wait, but not one whose ``Popen`` was interrupted while it started: such a
+    binary would go on alone, reading run_args files that are being deleted."""
+    for pid in _children() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _check_completed(results_dir: Path) -> None:
+    """A binary that stopped before the end of its chunk (``last_run_info.txt``: completed fraction < 1) gave
+    no result: its counts and state are never used."""
+    path = results_dir / "last_run_info.txt"
+    if not path.exists():  # written by every device we know; Brian2 itself does without it
+        return
+    try:
+        fraction = float(path.read_text().split()[1])
+    except (IndexError, ValueError):
+        fraction = float("nan")
+    if not fraction >= 1.0:
+        raise RuntimeError(f"the compiled simulation stopped before the end of its chunk ({fraction:.1%} of it "
+                           f"simulated, {path.name}): its result is not used")  # fmt: skip
+
+
 def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict:
     """The ``plastic`` gate of every group whose model has one (1: learns in training samples)."""
     flags = {}
@@ -194,6 +233,9 @@ class Simulator:
     # -- preparation -------------------------------------------------------------------------------------
     def _set_prefs(self):
         b2.prefs.core.default_float_dtype = getattr(np, self.float_dtype)
+        # Brian2's default turns a Ctrl-C into "stop at the next step and return": a chunk cut short that looks
+        # complete. Off, a compiled binary dies of the signal and a runtime run raises KeyboardInterrupt.
+        b2.prefs.core.stop_on_keyboard_interrupt = False
         b2.defaultclock.dt = self.spec.dt
 
     def prepare(self) -> float:
@@ -287,9 +329,11 @@ class Simulator:
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
         in_use = _RunArgsInUse(self.build_dir)
+        children = _children()
         try:
             b2.device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
                           run_args=run_args)  # fmt: skip
+            _check_completed(self.build_dir / results)
             new_state = NetworkState(
                 np.array(b.xy_weights.w[:], dtype=np.float64),
                 np.array(b.YY.w[:], dtype=np.float64),
@@ -302,6 +346,9 @@ class Simulator:
                     name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))
                 }
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
+        except BaseException:
+            _kill_new_children(children)  # before its run_args files go
+            raise
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
             in_use.release()
