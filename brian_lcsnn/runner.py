@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import signal
 import sys
@@ -392,10 +393,31 @@ def _prepare(protocol: Protocol, device, build_root):
     except DeviceError:
         raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
+        signum = _compile_signal(err)
+        if signum is not None:  # make was stopped by Ctrl-C (os.system ignores SIGINT in this process meanwhile)
+            raise RunInterrupted(signum) from None
         raise ModelError(
             f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}"
         ) from err
     return dataset, sim, compile_seconds
+
+
+def _compile_signal(err: BaseException) -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped Brian2's compilation, from its "Project compilation failed
+    (error code: N)", N being the wait status of ``sh -c make``: killed by the signal, or exited 128 + it."""
+    import re
+
+    found = re.search(r"Project compilation failed \(error code: (\d+)\)", str(err))
+    if not found:
+        return None
+    status = int(found.group(1))
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) > 128:
+        signum = os.WEXITSTATUS(status) - 128
+    else:
+        return None
+    return signum if signum in (signal.SIGINT, signal.SIGTERM) else None
 
 
 def _write_protocol(run_dir: Path, protocol: Protocol) -> None:

@@ -89,6 +89,21 @@ def _binary_running(pid: int) -> bool:
         return False
 
 
+def _descendants(pid: int) -> set[str]:
+    """The command names of a process's descendants."""
+    names, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                for child in Path(f"/proc/{p}/task/{task}/children").read_text().split():
+                    todo.append(int(child))
+                    names.add(Path(f"/proc/{child}/comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
 def _checkpoint(root: Path):
     for path in root.glob("*/checkpoint.npz"):
         try:
@@ -238,3 +253,34 @@ def test_a_chunk_the_binary_did_not_complete_is_never_a_result(reference, build_
             sim.run_chunk(rates, np.ones(10), state, **args)
     finally:
         b2.prefs.devices.cpp_standalone.run_cmd_unix = previous
+
+
+@pytest.mark.slow
+@pytest.mark.standalone
+@pytest.mark.network
+def test_ctrl_c_while_compiling_is_an_interrupt_not_a_bad_model(tmp_path):
+    """Ctrl-C while make compiles (a fresh build folder): exit 130 and one line, no run directory, no "cannot be
+    built" error; the same build folder then compiles and runs."""
+    builds, root = tmp_path / "builds", tmp_path / "results"
+    env = {**os.environ, "BRIAN_LCSNN_BUILD": str(builds)}
+    argv = [sys.executable, "-m", "brian_lcsnn", *ARGV, "--results", str(root)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not {"make", "cc1plus"} <= _descendants(proc.pid):  # make runs the compiler
+            assert proc.poll() is None and time.time() < deadline, "no compilation seen"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last == "interrupted (SIGINT) before the run directory was created: nothing to resume"
+    assert "Traceback" not in err and "cannot be built" not in err
+    assert not root.exists() or not any(root.iterdir())
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
