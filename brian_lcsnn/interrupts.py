@@ -17,7 +17,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["RunInterrupted", "interruptible", "deferred", "ignore_from_now_on"]
+__all__ = ["RunInterrupted", "interruptible", "deferred", "hold", "release", "ignore_from_now_on"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -92,22 +92,38 @@ def interruptible():
             _reset_brian2()
 
 
+def hold() -> None:
+    """Start a section that a first signal does not cut (`release` ends it); see `deferred`."""
+    if _active is not None:
+        _active.deferring += 1
+
+
+def release(drop: bool = False) -> None:
+    """End a `hold` section: a signal that came during it is raised now (as `RunInterrupted`), or, with
+    ``drop``, recorded and dropped."""
+    handler = _active
+    if handler is None:
+        return
+    handler.deferring -= 1
+    if drop and not handler.raised:
+        handler.raised = bool(handler.received)
+    handler.release()
+
+
 @contextmanager
 def deferred(raise_after: bool = True):
     """A section that a first signal does not cut: it is raised (as `RunInterrupted`) when the section ends,
-    or, with ``raise_after=False`` (the last bookkeeping of a run that ends anyway), recorded and dropped."""
+    or, with ``raise_after=False`` (the last bookkeeping of a run that ends anyway), recorded and dropped.
+    A section left by an exception raises nothing more."""
     handler = _active
-    if handler is None:
-        yield
-        return
-    handler.deferring += 1
+    hold()
     try:
         yield
-    finally:
-        handler.deferring -= 1
-        if not raise_after and not handler.raised:
-            handler.raised = bool(handler.received)
-    handler.release()
+    except BaseException:
+        if handler is not None:
+            handler.deferring -= 1
+        raise
+    release(drop=not raise_after)
 
 
 def _reset_brian2() -> None:

@@ -8,7 +8,6 @@ import platform
 import signal
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
-from .interrupts import RunInterrupted, deferred, interruptible
+from .interrupts import RunInterrupted, deferred, hold, interruptible, release
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol, phase_split
@@ -294,33 +293,42 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
-    with interruptible(), ExitStack() as stack:
-        dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
-        _check_split_sizes(protocol, dataset)
-        info = {}
+    with interruptible():
+        return _run_protocol(protocol, results_root, device, build_root, progress, tags)
+
+
+def _run_protocol(protocol: Protocol, results_root: Path, device, build_root, progress: bool, tags) -> Path:
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root)
+    _check_split_sizes(protocol, dataset)
+    hold()  # a signal from here on waits for run.json: no run directory without one
+    run_dir = new_run_dir(Path(results_root), protocol.name)
+    _write_protocol(run_dir, protocol)
+    info = {
+        "id": run_dir.name,
+        "name": protocol.name,
+        "protocol_file": str(protocol.path),
+        "status": "running",
+        "seed": protocol["seed"],
+        "device": sim.device_name,
+        "float": sim.float_dtype,
+        "threads": sim.threads,
+        "build": {
+            "key": sim.key,
+            "directory": str(sim.build_dir),
+            "compiled": sim.compiled_now,
+            "prepare_seconds": round(compile_seconds, 3),
+        },  # fmt: skip
+        "sizes": protocol.geometry.sizes(),
+        "dataset": {"name": dataset.name, "source": dataset.source},
+        "versions": _versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tags": dict(tags or {}),
+        "phases": [],
+    }
+    with running_lock(run_dir):
+        write_json(run_dir / "run.json", info)
         try:
-            with deferred():  # a signal waits for run.json: no run directory without one
-                run_dir = new_run_dir(Path(results_root), protocol.name)
-                stack.enter_context(running_lock(run_dir))
-                _write_protocol(run_dir, protocol)
-                info = {
-                    "id": run_dir.name,
-                    "name": protocol.name,
-                    "protocol_file": str(protocol.path),
-                    "status": "running",
-                    "seed": protocol["seed"],
-                    "device": sim.device_name,
-                    "float": sim.float_dtype,
-                    "threads": sim.threads,
-                    "build": _build_record(sim, compile_seconds),
-                    "sizes": protocol.geometry.sizes(),
-                    "dataset": {"name": dataset.name, "source": dataset.source},
-                    "versions": _versions(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "tags": dict(tags or {}),
-                    "phases": [],
-                }
-                write_json(run_dir / "run.json", info)
+            release()
         except RunInterrupted as err:
             _mark_interrupted(run_dir, info, err)
             raise
@@ -333,12 +341,11 @@ def _build_record(sim: Simulator, compile_seconds: float) -> dict:
 
 
 def _mark_interrupted(run_dir: Path, info: dict, err: RunInterrupted) -> None:
-    """run.json says ``interrupted`` (it is written again if it was), and ``err`` names the run directory."""
+    """run.json says ``interrupted``, and ``err`` names the run directory."""
     err.run_dir = run_dir
-    if info:
-        info["status"] = "interrupted"
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(run_dir / "run.json", info)
+    info["status"] = "interrupted"
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(run_dir / "run.json", info)
 
 
 def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, progress: bool = True) -> Path:
