@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -173,8 +174,8 @@ def _interrupted_line(err, results: Path | None) -> str:
     run_dir = Path(err.run_dir)
     root = results or default_results_root()
     where = run_dir.name if run_dir.parent.resolve() == Path(root).resolve() else str(run_dir)
-    extra = f" --results {results}" if results is not None and where == run_dir.name else ""
-    return f"interrupted: {run_dir}; resume with: lcsnn resume {where}{extra}"
+    extra = f" --results {shlex.quote(str(results))}" if results is not None and where == run_dir.name else ""
+    return f"interrupted: {run_dir}; resume with: lcsnn resume {shlex.quote(where)}{extra}"
 
 
 def _print_scores(run_dir: Path) -> None:

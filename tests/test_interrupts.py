@@ -65,6 +65,23 @@ def test_a_deferred_section_finishes_before_the_signal_is_raised():
     assert done[-1] == "dropped"
 
 
+def test_the_resume_command_names_the_run_as_the_results_folder_finds_it(tmp_path, monkeypatch):
+    from brian_lcsnn.cli import _interrupted_line
+
+    monkeypatch.setenv("BRIAN_LCSNN_RESULTS", str(tmp_path / "results"))
+    here = tmp_path / "results" / "20260101-000000-tiny-abcdef"
+    line = _interrupted_line(RunInterrupted(signal.SIGINT, here), None)
+    assert line == f"interrupted: {here}; resume with: lcsnn resume {here.name}"
+    elsewhere = tmp_path / "other" / here.name
+    line = _interrupted_line(RunInterrupted(signal.SIGTERM, elsewhere), None)
+    assert line == f"interrupted: {elsewhere}; resume with: lcsnn resume {elsewhere}"
+    line = _interrupted_line(RunInterrupted(signal.SIGTERM, elsewhere), tmp_path / "other")
+    assert line == f"interrupted: {elsewhere}; resume with: lcsnn resume {here.name} --results {tmp_path / 'other'}"
+    spaced = tmp_path / "my results"
+    line = _interrupted_line(RunInterrupted(signal.SIGINT, spaced / here.name), spaced)
+    assert shlex.split(line.split("resume with: ")[1]) == ["lcsnn", "resume", here.name, "--results", str(spaced)]
+
+
 # -- real runs --------------------------------------------------------------------------------------------------
 
 
