@@ -156,7 +156,8 @@ def _dispatch(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunInterrupted as err:
-        ignore_from_now_on()  # the process ends now: later signals are not errors
+        ignore_from_now_on()  # the process ends now: later signals are not errors, and the network objects
+        logging.getLogger("brian2").setLevel(logging.ERROR)  # an interrupted build leaves are not worth a warning
         print(_interrupted_line(err, getattr(args, "results", None)), file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -301,3 +301,32 @@ def test_ctrl_c_while_compiling_is_an_interrupt_not_a_bad_model(tmp_path):
     assert not root.exists() or not any(root.iterdir())
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.runtime
+@pytest.mark.network
+def test_ctrl_c_on_the_runtime_device_stops_the_chunk_instead_of_cutting_it_short(tmp_path):
+    """On the runtime device Brian2's own handler would end the chunk at the next step and return normally."""
+    root = tmp_path / "results"
+    argv = [sys.executable, "-m", "brian_lcsnn", *ARGV, "--device", "runtime", "--set", "phases.0.n=300",
+            "--set", "simulation.samples_per_chunk=300", "--results", str(root)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(root.glob("*/run.json")):
+            assert proc.poll() is None and time.time() < deadline, "the run did not start"
+            time.sleep(0.05)
+        time.sleep(3.0)  # in the time steps of the only training chunk (about 1 s of code generation, then 10 s)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    (run_dir,) = root.iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "checkpoint.npz").exists()  # the chunk was not counted
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"interrupted: {run_dir}; resume")
