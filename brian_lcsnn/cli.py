@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+
+from .interrupts import RunInterrupted, ignore_from_now_on, interruptible
 
 __all__ = ["main"]
 
@@ -97,6 +101,12 @@ def _configure_logging(verbose: bool) -> None:
 def main(argv=None) -> int:
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    # run and resume stop at the first SIGINT or SIGTERM (interrupts.py), whatever they are doing then
+    with interruptible() if args.command in ("run", "resume") else nullcontext():
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     from .data import DataError
     from .errors import DeviceError
     from .models import ModelError
@@ -145,9 +155,28 @@ def main(argv=None) -> int:
     except (ProtocolError, ModelError, DataError, DeviceError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunInterrupted as err:
+        ignore_from_now_on()  # the process ends now: later signals are not errors, and the network objects
+        logging.getLogger("brian2").setLevel(logging.ERROR)  # an interrupted build leaves are not worth a warning
+        print(_interrupted_line(err, getattr(args, "results", None)), file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupted_line(err, results: Path | None) -> str:
+    """``interrupted: <run dir>; resume with: lcsnn resume <id or path>`` (the id where the default results
+    folder, or the one given, finds it)."""
+    if err.run_dir is None:
+        return f"interrupted ({err}) before the run directory was created: nothing to resume"
+    from .results import default_results_root
+
+    run_dir = Path(err.run_dir)
+    root = results or default_results_root()
+    where = run_dir.name if run_dir.parent.resolve() == Path(root).resolve() else str(run_dir)
+    extra = f" --results {shlex.quote(str(results))}" if results is not None and where == run_dir.name else ""
+    return f"interrupted: {run_dir}; resume with: lcsnn resume {shlex.quote(where)}{extra}"
 
 
 def _print_scores(run_dir: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -16,6 +18,7 @@ import yaml
 
 from . import readout
 from .data import center_crop, load_dataset, pixel_rates
+from .interrupts import RunInterrupted, deferred, hold, interruptible, release
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol, phase_split
@@ -332,8 +335,14 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     directory is created, so a failed start leaves nothing behind. The run checkpoints after every chunk of
     samples; `resume_run` finishes an interrupted run with the same result as an uninterrupted one.
     """
+    with interruptible():
+        return _run_protocol(protocol, results_root, device, build_root, progress, tags)
+
+
+def _run_protocol(protocol: Protocol, results_root: Path, device, build_root, progress: bool, tags) -> Path:
     dataset, sim, compile_seconds = _prepare(protocol, device, build_root, progress)
     _check_split_sizes(protocol, dataset)
+    hold()  # a signal from here on waits for run.json: no run directory without one
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
     info = {
@@ -355,12 +364,29 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
     }
     with running_lock(run_dir):
         write_json(run_dir / "run.json", info)
+        try:
+            release()
+        except RunInterrupted as err:
+            _mark_interrupted(run_dir, info, err)
+            raise
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint=None)
+
+
+def _build_record(sim: Simulator, compile_seconds: float) -> dict:
+    return {"key": sim.key, "directory": str(sim.build_dir), "compiled": sim.compiled_now,
+            "prepare_seconds": round(compile_seconds, 3)}  # fmt: skip
+
+
+def _mark_interrupted(run_dir: Path, info: dict, err: RunInterrupted) -> None:
+    """run.json says ``interrupted``, and ``err`` names the run directory."""
+    err.run_dir = run_dir
+    info["status"] = "interrupted"
+    info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(run_dir / "run.json", info)
 
 
 def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, progress: bool = True) -> Path:
     """Finish an interrupted or failed run from its last checkpoint (a finished run is left as it is)."""
-    from .protocol import load_protocol
     from .results import RunError
 
     run_dir = Path(run_dir)
@@ -372,8 +398,19 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         return run_dir
     if is_running(run_dir):
         raise RunError(f"{run_dir}: is being run by another process")
+    with interruptible():
+        try:
+            return _resume(run_dir, device, build_root, progress)
+        except RunInterrupted as err:
+            err.run_dir = run_dir  # as it was, or marked interrupted: resumable again
+            raise
+
+
+def _resume(run_dir: Path, device, build_root, progress: bool) -> Path:
+    from .protocol import load_protocol
+
     protocol = load_protocol(run_dir / "protocol.yaml")
-    dataset, sim, _ = _prepare(protocol, device, build_root, progress)
+    dataset, sim, compile_seconds = _prepare(protocol, device, build_root, progress)
     with running_lock(run_dir):
         info = read_json(run_dir / "run.json")  # as the last process left it
         if info.get("status") == "finished":
@@ -382,6 +419,11 @@ def resume_run(run_dir: Path, *, device: str | None = None, build_root=None, pro
         info["status"] = "running"
         info["resumed"] = info.get("resumed", 0) + 1
         info.pop("error", None)
+        # "device" is the one the run goes on with; every resume's device and build are listed
+        info["device"], info["float"], info["threads"] = sim.device_name, sim.float_dtype, sim.threads
+        info.setdefault("resumes", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "device": sim.device_name,
+                                               "build": _build_record(sim, compile_seconds)})  # fmt: skip
         return _execute(protocol, run_dir, info, dataset, sim, progress, checkpoint)
 
 
@@ -405,10 +447,31 @@ def _prepare(protocol: Protocol, device, build_root, progress: bool = False):
     except DeviceError:
         raise
     except Exception as err:  # Brian2's errors on a wrong equation are long: keep the root cause's first line
+        signum = _compile_signal(err)
+        if signum is not None:  # make was stopped by Ctrl-C (os.system ignores SIGINT in this process meanwhile)
+            raise RunInterrupted(signum) from None
         raise ModelError(
             f"{protocol.path}: the network cannot be built from its model files: {_root_cause(err)}"
         ) from err
     return dataset, sim, compile_seconds
+
+
+def _compile_signal(err: BaseException) -> int | None:
+    """The signal (SIGINT, SIGTERM) that stopped Brian2's compilation, from its "Project compilation failed
+    (error code: N)", N being the wait status of ``sh -c make``: killed by the signal, or exited 128 + it."""
+    import re
+
+    found = re.search(r"Project compilation failed \(error code: (\d+)\)", str(err))
+    if not found:
+        return None
+    status = int(found.group(1))
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+    elif os.WIFEXITED(status) and os.WEXITSTATUS(status) > 128:
+        signum = os.WEXITSTATUS(status) - 128
+    else:
+        return None
+    return signum if signum in (signal.SIGINT, signal.SIGTERM) else None
 
 
 def _write_protocol(run_dir: Path, protocol: Protocol) -> None:
@@ -515,17 +578,23 @@ def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simula
                 print(f"showcase: {protocol['readout']['showcase']} test samples with voltages and spike times, "
                       f"{info['showcase_seconds']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         info["status"] = "finished"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # the unfinished chunk is not in the checkpoint: a resume redoes it
         info["status"] = "interrupted"
+        if not isinstance(err, RunInterrupted):
+            raise RunInterrupted(signal.SIGINT, run_dir) from err
+        err.run_dir = run_dir
         raise
     except Exception as err:
         info["status"] = "failed"
         info["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(run_dir / "run.json", info)
-    (run_dir / "checkpoint.npz").unlink(missing_ok=True)
+        # a signal now is dropped: the run ends anyway, as finished, failed or already interrupted
+        with deferred(raise_after=False):
+            info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            write_json(run_dir / "run.json", info)
+            if info["status"] == "finished":
+                (run_dir / "checkpoint.npz").unlink(missing_ok=True)
     return run_dir
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -52,8 +53,8 @@ CPP_SEED_CODE = (
 
 
 #: The Brian2 preferences a simulator sets while its device is current (the previous values come back after).
-_PREFS = ("core.default_float_dtype", "codegen.target", "devices.cpp_standalone.openmp_threads",
-          "devices.cpp_standalone.extra_make_args_unix")  # fmt: skip
+_PREFS = ("core.default_float_dtype", "core.stop_on_keyboard_interrupt", "codegen.target",
+          "devices.cpp_standalone.openmp_threads", "devices.cpp_standalone.extra_make_args_unix")  # fmt: skip
 
 
 def default_build_root() -> Path:
@@ -183,6 +184,45 @@ class _RunArgsInUse:
             self.handle.close()  # releases the lock
 
 
+def _children() -> set[int]:
+    """The process ids of this process's children (Linux; an empty set where /proc does not tell)."""
+    found = set()
+    try:
+        for task in os.listdir(f"/proc/{os.getpid()}/task"):
+            found.update(int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split())
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def _kill_new_children(before: set[int]) -> None:
+    """Kill and reap the children started since ``before``. ``subprocess`` kills a binary it is waiting for
+    when a signal interrupts the wait, but not one whose ``Popen`` was interrupted while it started: such a
+    binary would go on alone, reading run_args files that are being deleted."""
+    for pid in _children() - before:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def _check_completed(steps: int, steps_asked: int, results_dir: Path | None = None, whole_chunk: bool = True) -> None:
+    """A run that stopped before the steps it was asked for (an interrupt: Brian2's own Ctrl-C handling ends a
+    binary early with exit status 0) gave no result: its counts and state are never used. ``steps`` is read from
+    the step clock; a whole chunk's ``last_run_info.txt`` (completed fraction) must say 1 too."""
+    fraction = 1.0
+    path = results_dir / "last_run_info.txt" if results_dir is not None else None
+    if whole_chunk and path is not None and path.exists():  # written by every device we know
+        try:
+            fraction = float(path.read_text().split()[1])
+        except (IndexError, ValueError):
+            fraction = float("nan")
+    if steps != steps_asked or not fraction >= 1.0:
+        raise RuntimeError(f"the simulation stopped before the end of its chunk ({steps} of {steps_asked} steps, "
+                           f"completed fraction {fraction:.1%}): its result is not used")  # fmt: skip
+
+
 def _plastic_flags(built: BuiltNetwork, plastic: dict[str, bool]) -> dict:
     """The ``plastic`` gate of every group whose model has one (1: learns in training samples)."""
     flags = {}
@@ -239,6 +279,9 @@ class Simulator:
         b2.set_device(self._device, build_on_run=False)
         try:
             b2.prefs["core.default_float_dtype"] = getattr(np, self.float_dtype)
+            # Brian2's default turns a Ctrl-C into "stop at the next step and return": a chunk cut short that
+            # looks complete. Off, a compiled binary dies of the signal and a runtime run raises KeyboardInterrupt.
+            b2.prefs["core.stop_on_keyboard_interrupt"] = False
             if self.device_name == "runtime":
                 b2.prefs["codegen.target"] = "numpy"
             else:
@@ -385,10 +428,14 @@ class Simulator:
         results = f"results_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         start = time.perf_counter()
         in_use = _RunArgsInUse(self.build_dir)
+        children = _children()
         try:
             self._device.run(directory=str(self.build_dir), results_directory=results, with_output=False,
                              run_args=run_args)  # fmt: skip
             steps = self._steps_simulated(b)
+            _check_completed(
+                steps, steps_asked, self.build_dir / results, whole_chunk=stop_after > self.spec.samples_per_chunk
+            )
             new_state = None
             if keep_state:
                 new_state = NetworkState(
@@ -403,6 +450,9 @@ class Simulator:
                     name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))
                 }
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
+        except BaseException:
+            _kill_new_children(children)  # before its run_args files go
+            raise
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
             in_use.release()
@@ -439,6 +489,7 @@ class Simulator:
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})
         steps = self._steps_simulated(b)
+        _check_completed(steps, steps_asked)
         self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
         new_state = None
         if keep_state:
