@@ -328,3 +328,121 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, build_r
     assert {folder: _dirs(folder) for folder in before} == before  # no run directory, none half-written
     left = [p.name for p in (tmp_path / "tmpdir").iterdir() if p.name.startswith(("brian_debug_", "brian_script_"))]
     assert not left
+
+
+# ---------------------------------------------------------------- the rules around the table
+
+
+def test_every_user_error_derives_from_lcsnn_error_and_keeps_its_old_base():
+    from brian_lcsnn.data import DataError
+    from brian_lcsnn.errors import DeviceError, LcsnnError
+    from brian_lcsnn.models import ModelError
+    from brian_lcsnn.protocol import ProtocolError
+    from brian_lcsnn.results import RunError
+    from brian_lcsnn.sweep import SweepError
+    from brian_lcsnn.topology import GeometryError
+
+    for cls, old in ((ProtocolError, ValueError), (ModelError, ValueError), (DataError, Exception),
+                     (DeviceError, RuntimeError), (RunError, ValueError), (SweepError, RunError),
+                     (GeometryError, ValueError)):  # fmt: skip
+        assert issubclass(cls, LcsnnError) and issubclass(cls, old), cls
+
+
+def test_5e_minus_1_is_a_number_in_a_protocol_and_in_set(tmp_path):
+    from brian_lcsnn.protocol import load_protocol
+
+    path = tmp_path / "p.yaml"
+    path.write_text(TINY.read_text().replace("mean_weight: 0.46", "mean_weight: 5e-1"))
+    assert load_protocol(path)["network"]["mean_weight"] == 0.5
+    assert load_protocol(TINY, ["network.c_w=-1e2"])["network"]["c_w"] == -100.0
+
+
+def test_check_passes_the_tiny_protocol_and_builds_nothing(tmp_path, capsys, monkeypatch):
+    from brian_lcsnn import simulation
+    from brian_lcsnn.cli import main
+
+    monkeypatch.setattr(simulation.Simulator, "prepare", lambda self: pytest.fail("check compiled"))
+    assert main(["check", str(TINY)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok (3 phases)")
+
+
+def test_dataset_path_is_relative_to_the_protocol_and_stored_absolute(tmp_path, monkeypatch):
+    from brian_lcsnn.checks import check_protocol
+    from brian_lcsnn.protocol import load_protocol
+
+    folder = tmp_path / "project"
+    _idx_folder(folder / "data")
+    path = folder / "p.yaml"
+    path.write_text(TINY.read_text().replace("dataset: {name: mnist,", "dataset: {path: data,"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    protocol = load_protocol(path, ["phases.2.n=100"])
+    assert protocol["dataset"]["path"] == str((folder / "data").resolve())
+    check_protocol(protocol)  # the IDX headers and labels are found from another working directory
+
+
+def test_results_folder_that_does_not_exist_yet_is_fine(tmp_path):
+    from brian_lcsnn.results import check_results_root
+
+    assert check_results_root(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # checked, not created
+
+
+def test_damaged_runs_are_one_run_error_for_load_run(tiny_run, tmp_path):
+    from brian_lcsnn.api import load_run
+    from brian_lcsnn.results import RunError
+
+    for name, damage in (("run.json", _truncate), ("scores.json", _truncate), ("state.npz", _garbage),
+                         ("state.npz", _object_array), ("readout/votes.npz", _garbage)):  # fmt: skip
+        run = tmp_path / f"{damage.__name__}-{name.replace('/', '_')}"
+        shutil.copytree(tiny_run, run)
+        damage(name)(run)
+        with pytest.raises(RunError, match=rf"^{run / name}: cannot be read \("):
+            load_run(run)
+
+
+def test_a_killed_run_shows_interrupted_in_show_runs_and_report(tiny_run, tmp_path, capsys):
+    from brian_lcsnn.cli import main
+
+    run = tmp_path / "results" / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running"}))  # its process was killed: no lock
+    assert main(["show", run.name[:10], "--results", str(run.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"]["status"] == "interrupted"
+    assert main(["show", str(run)]) == 0
+    assert "    status: interrupted" in capsys.readouterr().out
+    assert main(["runs", "--results", str(run.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "interrupted"
+
+
+def test_every_command_takes_a_run_by_id_prefix_or_path(tiny_run, tmp_path, capsys):
+    from brian_lcsnn.cli import main
+
+    results = tmp_path / "results"
+    run = results / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    for ref in (run.name, run.name[:17], str(run)):
+        for argv in (["show", ref], ["report", ref, "--out", str(tmp_path / "r.html")],
+                     ["plot", ref, "--figure", "scores"], ["resume", ref, "--quiet"]):  # fmt: skip
+            assert main([*argv, "--results", str(results)]) == 0, argv
+            assert capsys.readouterr().out.strip().splitlines()[-1].endswith(("r.html", "scores.png", run.name)), argv
+    assert main(["delete", run.name[:17], "--yes", "--results", str(results)]) == 0
+    assert not run.exists()
+
+
+def test_show_into_a_closed_pipe_is_quiet(tiny_run, tmp_path, capsys, monkeypatch):
+    """``lcsnn show RUN | head -1``: the reader goes away; no BrokenPipeError traceback, the shell's 141."""
+    from brian_lcsnn.cli import main
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["show", str(tiny_run)]) == 141
+    assert capsys.readouterr().err == ""
