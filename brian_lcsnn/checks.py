@@ -102,6 +102,7 @@ def check_network(protocol: Protocol) -> None:
     two-neuron copy of the network created and run for no time on the runtime device (code generation checks
     every name and unit). A rejection is one `ModelError` naming the model file and its section."""
     import brian2 as b2
+    from brian2.devices.device import reset_device
     from brian2.utils.logger import catch_logs
 
     from .network import NetworkSpec, build_network
@@ -123,7 +124,7 @@ def check_network(protocol: Protocol) -> None:
     small = Geometry(g.kernel_size, g.kernel_size, g.stride, min(g.n_filters, 2), g.architecture, g.yy_pairs)
     spec = NetworkSpec(small, full.input, full.neuron, full.xy, full.normalisation, full.yy, 1,
                        full.time_per_sample, full.dt)  # fmt: skip
-    previous, target = b2.get_device(), b2.prefs.codegen.target
+    target = b2.prefs.codegen.target
     problem = built = None
     # Brian2's messages while building the throw-away copy (unused objects deleted, ...) are not the user's
     with catch_logs():
@@ -138,9 +139,7 @@ def check_network(protocol: Protocol) -> None:
         finally:
             built = None
             b2.prefs.codegen.target = target
-            if previous is not b2.get_device():
-                b2.set_device(previous, build_on_run=getattr(previous, "build_on_run", True),
-                              **getattr(previous, "build_options", {}))  # fmt: skip
+            reset_device()  # the device active before (with its build options)
             gc.collect()  # the copy's objects go now, while their warnings are caught
     if problem is not None:
         raise ModelError(problem)
