@@ -18,6 +18,8 @@ import pytest
 
 from .conftest import FIXTURES
 
+pytestmark = [pytest.mark.standalone, pytest.mark.network]  # a compiled tiny run of MNIST for the stored-run cases
+
 TINY = FIXTURES / "protocols" / "tiny.yaml"
 MODELS = FIXTURES / "models"
 
