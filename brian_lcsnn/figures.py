@@ -551,8 +551,7 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
         raise RunError(f"unknown figure format {fmt!r}; known: {', '.join(FORMATS)}")
     run = load_stored_run(path)
     out_dir = run.path / "figures"
-    out_dir.mkdir(exist_ok=True)
-    written = []
+    drawn = []  # written once every figure is drawn: a damaged file half-way leaves no half-written folder
     for name in names or FIGURES:
         with _style():
             fig = Figure()
@@ -563,10 +562,10 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
                 continue
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt)
-        target = out_dir / f"{name}.{fmt}"
-        write_bytes(target, buf.getvalue())
-        written.append(target)
-    return written
+        drawn.append((out_dir / f"{name}.{fmt}", buf.getvalue()))
+    for target, data in drawn:
+        write_bytes(target, data)
+    return [target for target, _ in drawn]
 
 
 def _plot_command(args) -> int:

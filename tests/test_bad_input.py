@@ -275,6 +275,10 @@ CASES = {
         lambda c: ["plot", str(c.run(_object_array("counts/test.npz"))), "--figure", "confusion"],
         "{run}/counts/test.npz: cannot be read (ValueError: it holds Python objects",
     ),
+    "plot every figure: object-array npz": (  # the figures before the one that reads it are not written either
+        lambda c: ["plot", str(c.run(_object_array("counts/test.npz")))],
+        "{run}/counts/test.npz: cannot be read (ValueError: it holds Python objects",
+    ),
     "resume: truncated run.json": (
         lambda c: ["resume", str(c.run(_truncate("run.json")))],
         "{run}: not a readable run directory",
@@ -300,6 +304,10 @@ def _lcsnn(ctx: Context, argv: list[str], build_root: Path) -> subprocess.Comple
                           text=True, timeout=900)  # fmt: skip
 
 
+def _files(folder: Path | None) -> dict:
+    return {p: p.stat().st_mtime_ns if p.is_file() else "dir" for p in folder.rglob("*")} if folder else {}
+
+
 def _dirs(folder: Path) -> set:
     return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
 
@@ -315,6 +323,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, build_r
     argv = [str(a) for a in make_argv(ctx)]
     run = next((ctx.results / d for d in _dirs(ctx.results)), None)
     before = {folder: _dirs(folder) for folder in (ctx.results, ctx.cwd, ctx.cwd / "results")}
+    files = _files(run)
     try:
         proc = _lcsnn(ctx, argv, build_root)
     finally:
@@ -328,6 +337,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, build_r
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "report this" not in proc.stderr
     assert {folder: _dirs(folder) for folder in before} == before  # no run directory, none half-written
+    assert _files(run) == files  # a stored run is left as it was (no figure or report half-written into it)
     left = [p.name for p in (tmp_path / "tmpdir").iterdir() if p.name.startswith(("brian_debug_", "brian_script_"))]
     assert not left
 
