@@ -20,7 +20,7 @@ import numpy as np
 from . import readout
 from .data import load_dataset
 from .protocol import Protocol, load_protocol
-from .results import RunError, read_json
+from .results import RunError, read_run_file
 from .runner import _load_readouts, _phase_images, _prepare, _run_phase, present_recorded, read_state
 from .simulation import NetworkState, Simulator
 
@@ -34,11 +34,14 @@ def load_run(path: str | Path, *, device: str | None = None, build_root=None) ->
     path = Path(path)
     if not (path / "run.json").exists():
         raise RunError(f"{path}: not a run directory (no run.json)")
+    info = read_run_file(path / "run.json")  # the readers of every command: a damaged file is one RunError
     protocol = load_protocol(path / "protocol.yaml")
+    if not (path / "state.npz").exists():
+        raise RunError(f"{path}: no state.npz (the run has not finished: lcsnn resume {path.name})")
     state = read_state(path / "state.npz", protocol.geometry)
     votes, linear = _load_readouts(path)
-    scores = read_json(path / "scores.json") if (path / "scores.json").exists() else {}
-    return LoadedRun(path, protocol, read_json(path / "run.json"), state, votes, linear, scores, device, build_root)
+    scores = read_run_file(path / "scores.json") if (path / "scores.json").exists() else {}
+    return LoadedRun(path, protocol, info, state, votes, linear, scores, device, build_root)
 
 
 @dataclass

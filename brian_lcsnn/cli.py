@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
+import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -42,7 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
     resume = sub.add_parser("resume", help="finish an interrupted run from its last checkpoint")
-    resume.add_argument("run", help="the run directory, or a run id in the results folder")
+    resume.add_argument("run", help="the run directory, or a run id (or unique prefix) in the results folder")
     resume.add_argument("--results", type=Path, help="results folder (default: $BRIAN_LCSNN_RESULTS or ./results)")
     resume.add_argument("--device", choices=("cpp_standalone", "runtime", "cuda_standalone"))
     resume.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -99,6 +101,18 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (``lcsnn show RUN | head -1``): stop quietly, as cat does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would raise again
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv) -> int:
     args = _build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     # run and resume stop at the first SIGINT or SIGTERM (interrupts.py), whatever they are doing then
@@ -107,11 +121,7 @@ def main(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
-    from .data import DataError
-    from .errors import DeviceError
-    from .models import ModelError
-    from .protocol import ProtocolError
-    from .results import RunError
+    from .errors import LcsnnError
 
     try:
         if hasattr(args, "handler"):
@@ -121,20 +131,19 @@ def _dispatch(args) -> int:
 
             return run_doctor()
         if args.command == "resume":
-            from .results import default_results_root
             from .runner import resume_run
+            from .store import resolve_run
 
-            run_dir = Path(args.run)
-            if not run_dir.is_dir():
-                run_dir = (args.results or default_results_root()) / args.run
-            if not (run_dir / "run.json").exists():
-                raise RunError(f"{args.run}: no run directory with a run.json there")
+            run_dir = resolve_run(args.run, args.results)
             run_dir = resume_run(run_dir, device=args.device, progress=not args.quiet)
             _print_scores(run_dir)
             print(run_dir)
             return 0
         protocol = _load(args)
         if args.command == "check":
+            from .checks import check_protocol
+
+            check_protocol(protocol)  # everything run would reject before it simulates (nothing compiled)
             print(f"{protocol.path}: ok ({len(protocol['phases'])} phases)")
             return 0
         if args.command == "info":
@@ -145,15 +154,16 @@ def _dispatch(args) -> int:
                 for key, value in sizes.items():
                     print(f"{key:>18}: {value:,}")
             return 0
-        from .results import default_results_root
+        from .results import check_results_root, default_results_root
         from .runner import run_protocol
 
-        run_dir = run_protocol(protocol, args.results or default_results_root(), progress=not args.quiet)
+        results = check_results_root(args.results or default_results_root())
+        run_dir = run_protocol(protocol, results, progress=not args.quiet)
         _print_scores(run_dir)
         print(run_dir)
         return 0
-    except (ProtocolError, ModelError, DataError, DeviceError, RunError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except LcsnnError as err:  # every error meant for the user: one line, exit code 2
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RunInterrupted as err:
         ignore_from_now_on()  # the process ends now: later signals are not errors, and the network objects

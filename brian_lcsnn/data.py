@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import LcsnnError
+
 __all__ = [
     "DEFAULT_MIRRORS",
     "SPLITS",
@@ -79,7 +81,7 @@ _MNIST_SHA256 = {
 }
 
 
-class DataError(Exception):
+class DataError(LcsnnError):
     """A data set cannot be read or verified; the message names what and where."""
 
 

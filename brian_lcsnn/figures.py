@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from . import readout
-from .results import RunError, read_json, write_bytes
+from .models import read_yaml
+from .results import RunError, read_npz, read_run_file, write_bytes
 from .topology import Geometry, competing, local_pairs
 
 __all__ = ["FIGURES", "FORMATS", "MissingData", "StoredRun", "load_stored_run", "plot_run", "register",
@@ -56,8 +56,7 @@ class StoredRun:
             file = self.path / rel
             if not file.is_file():
                 raise MissingData(f"no {rel}")
-            with np.load(file, allow_pickle=False) as data:
-                self._cache[rel] = {key: data[key] for key in data.files}
+            self._cache[rel] = read_npz(file)
         return self._cache[rel]
 
     @property
@@ -100,13 +99,17 @@ def load_stored_run(path) -> StoredRun:
     path = Path(path)
     if not (path / "run.json").is_file() or not (path / "protocol.yaml").is_file():
         raise RunError(f"{path}: not a run directory (no run.json and protocol.yaml)")
-    protocol = yaml.safe_load((path / "protocol.yaml").read_text())
-    net, crop = protocol["network"], protocol["dataset"]["crop"]
-    geometry = Geometry(crop=crop, kernel_size=net["kernel_size"], stride=net["stride"], n_filters=net["n_filters"],
-                        architecture=net.get("architecture", "LC"),
-                        yy_pairs=net.get("yy_pairs", "competition"))  # fmt: skip
-    scores = read_json(path / "scores.json") if (path / "scores.json").is_file() else {}
-    return StoredRun(path, read_json(path / "run.json"), protocol, scores, geometry)
+    info = read_run_file(path / "run.json")
+    protocol = read_yaml(path / "protocol.yaml", RunError)
+    try:
+        net, crop = protocol["network"], protocol["dataset"]["crop"]
+        geometry = Geometry(crop=crop, kernel_size=net["kernel_size"], stride=net["stride"],
+                            n_filters=net["n_filters"], architecture=net.get("architecture", "LC"),
+                            yy_pairs=net.get("yy_pairs", "competition"))  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunError(f"{path / 'protocol.yaml'}: cannot be read (no usable network or dataset: {err!r})") from None
+    scores = read_run_file(path / "scores.json") if (path / "scores.json").is_file() else {}
+    return StoredRun(path, info, protocol, scores, geometry)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -166,7 +169,7 @@ def learning_curves(run: StoredRun) -> list[tuple[str, int, dict]]:
             continue
         path = run.path / "curves" / f"{phase['name']}.json"
         if path.is_file():
-            out.append((phase["name"], offset, read_json(path)))
+            out.append((phase["name"], offset, read_run_file(path)))
         offset += int(phase.get("n", 0))
     return out
 
@@ -552,8 +555,7 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
         raise RunError(f"unknown figure format {fmt!r}; known: {', '.join(FORMATS)}")
     run = load_stored_run(path)
     out_dir = run.path / "figures"
-    out_dir.mkdir(exist_ok=True)
-    written = []
+    drawn = []  # written once every figure is drawn: a damaged file half-way leaves no half-written folder
     for name in names or FIGURES:
         with _style():
             fig = Figure()
@@ -564,10 +566,10 @@ def plot_run(path, names: list[str] | None = None, fmt: str = "png") -> list[Pat
                 continue
             buf = io.BytesIO()
             fig.savefig(buf, format=fmt)
-        target = out_dir / f"{name}.{fmt}"
-        write_bytes(target, buf.getvalue())
-        written.append(target)
-    return written
+        drawn.append((out_dir / f"{name}.{fmt}", buf.getvalue()))
+    for target, data in drawn:
+        write_bytes(target, data)
+    return [target for target, _ in drawn]
 
 
 def _plot_command(args) -> int:
@@ -581,7 +583,9 @@ def _plot_command(args) -> int:
         return compare.plot_command(args)
     if args.run_dir is None:
         raise RunError("lcsnn plot: give RUN_DIR, or --x COL --y COL / --compare-architectures (with --runs FILTER)")
-    for written in plot_run(args.run_dir, args.figures, args.format):
+    from .store import resolve_run
+
+    for written in plot_run(resolve_run(args.run_dir, args.results), args.figures, args.format):
         print(written)
     return 0
 
@@ -590,7 +594,8 @@ def register(subparsers) -> None:
     """Add ``lcsnn plot RUN_DIR [--figure NAME ...] [--format png|svg|pdf]`` and, across the runs of a results
     folder, ``lcsnn plot [--runs KEY=VALUE ...] (--x COL --y COL [--score COL] | --compare-architectures)``."""
     plot = subparsers.add_parser("plot", help="draw a run's figures, or figures across runs (no simulation)")
-    plot.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="the run directory")
+    plot.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                      help="the run directory, or a run id (or unique prefix) in the results folder")  # fmt: skip
     plot.add_argument("--figure", dest="figures", action="append", metavar="NAME",
                       help=f"a figure to draw (repeatable; default: all): {', '.join(FIGURES)}")  # fmt: skip
     plot.add_argument("--format", choices=FORMATS, default="png", help="file format (default: png)")

@@ -16,7 +16,18 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ModelError", "ModelFile", "MODEL_KINDS", "load_model", "parse_quantity", "models_dir", "read_yaml"]
+from .errors import LcsnnError
+
+__all__ = [
+    "ModelError",
+    "ModelFile",
+    "MODEL_KINDS",
+    "load_model",
+    "parse_quantity",
+    "models_dir",
+    "read_yaml",
+    "load_yaml",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +51,7 @@ EQUATION_SECTIONS = ("equations", "target_equations", "synapse_equations", "kern
 _DECLARED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:", re.MULTILINE)  # "name : unit (flags)"
 
 
-class ModelError(ValueError):
+class ModelError(LcsnnError, ValueError):
     """A model file that cannot be used; the message names the file and the key."""
 
 
@@ -62,8 +73,19 @@ def models_dir() -> Path:
     return shipped_folder("brian_lcsnn.model_files", "models")
 
 
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_UNIT_FACTOR = r"([A-Za-z_][A-Za-z0-9_]*)(?:(?:\^|\*\*)(-?[1-4]))?"  # a unit's name, optionally ^2 .. ^4
+_UNIT = r"[A-Za-z_][A-Za-z0-9_]*(?:(?:\^|\*\*)-?[1-4])?"
+_QUANTITY = re.compile(rf"({_NUMBER})(?:\s*\*?\s*({_UNIT}(?:\s*[*/]\s*{_UNIT})*))?")
+
+
 def parse_quantity(value, where: str = "value"):
-    """Turn ``-65``, ``"-65 mV"``, ``"1e6 ms"`` or ``"0.05*mV"`` into a float or a Brian2 quantity."""
+    """Turn ``-65``, ``"-65 mV"``, ``"1e6 ms"``, ``"5e-1"`` or ``"0.05*mV"`` into a float or a Brian2 quantity.
+
+    A string is a number (read by ``float``), optionally followed by a unit: Brian2 unit names (looked up by
+    name, never evaluated) joined by ``*`` or ``/``, each with an optional small power (``mV/ms``,
+    ``metre^2``). Anything else (arithmetic, nested powers) is a `ModelError` at once.
+    """
     import brian2
 
     if isinstance(value, bool):
@@ -73,20 +95,34 @@ def parse_quantity(value, where: str = "value"):
     if not isinstance(value, str):
         raise ModelError(f"{where}: expected a number with an optional unit, got {value!r}")
     text = value.strip()
-    match = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*?\s*([A-Za-z][A-Za-z0-9/*^ ]*)?", text)
+    match = _QUANTITY.fullmatch(text) if len(text) <= 100 else None
     if not match:
         raise ModelError(f"{where}: cannot read {value!r} as a number with a unit (e.g. '20 ms')")
     number, unit = float(match.group(1)), match.group(2)
     if not unit:
         return number
-    unit = unit.strip().replace("^", "**")
-    try:
-        unit_value = eval(unit, {"__builtins__": {}}, vars(brian2.units))  # names restricted to Brian2's units
-        if not isinstance(unit_value, brian2.Quantity):
-            raise TypeError(unit)
-        return number * unit_value
-    except Exception:
-        raise ModelError(f"{where}: unknown unit {unit!r} in {value!r}") from None
+    result = brian2.Quantity(1.0)
+    for op, name, power in re.findall(rf"(^|[*/]){_UNIT_FACTOR}", unit.replace(" ", "")):
+        factor = getattr(brian2.units, name, None)
+        if not isinstance(factor, brian2.Unit):
+            raise ModelError(f"{where}: unknown unit {name!r} in {value!r}")
+        factor = factor ** int(power) if power else factor
+        result = result / factor if op == "/" else result * factor
+    return number * result
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``5e-1`` and ``1e6`` as numbers (as YAML 1.2 does; YAML 1.1 wants a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
+
+
+def load_yaml(text: str):
+    """Parse YAML text as `read_yaml` does (safe; ``5e-1`` is a number)."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
 
 
 def read_yaml(path: Path, error: type[Exception]):
@@ -96,7 +132,7 @@ def read_yaml(path: Path, error: type[Exception]):
     except UnicodeDecodeError as err:
         raise error(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from .models import ModelError, load_model, parse_quantity, read_yaml, shipped_folder
+from .errors import LcsnnError
+from .models import ModelError, load_model, load_yaml, parse_quantity, read_yaml, shipped_folder
 from .topology import ARCHITECTURES, YY_PAIRS, Geometry, GeometryError
 
 __all__ = [
@@ -93,7 +94,7 @@ EVALUATE_KEYS = {"calibrate": "calibration", "test": "test"}
 MNIST_SPLIT_SIZES = {"train": 50000, "calibration": 10000, "test": 10000}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(LcsnnError, ValueError):
     """A protocol that cannot run; the message is one line naming the file and the key."""
 
 
@@ -150,7 +151,7 @@ def apply_overrides(raw: dict, overrides: list[str], where: str) -> dict:
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             value = text
         node = data
@@ -401,6 +402,10 @@ def load_protocol(path: str | Path, overrides: list[str] | tuple = ()) -> Protoc
         raise ProtocolError(f"{path}: a protocol must be a mapping of sections")
     raw = apply_overrides(raw, list(overrides), str(path))
     protocol = Protocol(path=path.resolve(), data=validate(raw, path))
+    dataset = protocol.data["dataset"]
+    if dataset["path"] is not None:  # relative to the protocol's folder, not the working directory; stored absolute
+        folder = Path(dataset["path"]).expanduser()
+        dataset["path"] = str(folder if folder.is_absolute() else (protocol.path.parent / folder).resolve())
     try:
         models = protocol.model_files()  # every model file exists, parses, and takes the overrides
     except ModelError as err:

@@ -19,11 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import figures, readout
 from .figures import FIGURES, MissingData, StoredRun, load_stored_run
-from .results import RunError, default_results_root, is_running, read_json, write_text
+from .results import RunError, read_npz, read_run_file, run_status, write_text
 from .topology import competition_pairs, kernel_index, local_pairs
 
 __all__ = ["checkpoint_state", "progress", "register", "render_figures", "report_html", "resolve_run", "watch",
@@ -50,13 +48,9 @@ figcaption { color: #666; font-size: 0.9em; } code { background: #f5f5f5; paddin
 
 def resolve_run(run: str | Path, results=None) -> Path:
     """A run directory (a path with a run.json) or a run id / unique id prefix in the results folder."""
-    path = Path(run)
-    if (path / "run.json").is_file():
-        return path
-    from .store import RunIndex
+    from .store import resolve_run as resolve
 
-    with RunIndex(Path(results) if results is not None else default_results_root()) as index:
-        return index.find(str(run))
+    return resolve(run, results)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -68,8 +62,7 @@ def checkpoint_state(run: StoredRun) -> dict | None:
     path = run.path / "checkpoint.npz"
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        ck = {key: data[key] for key in data.files}
+    ck = read_npz(path, ("xy_w", "yy_w", "theta", "phase", "chunk"))
     g = run.geometry
     xy_w = ck["xy_w"][kernel_index(g)] if g.architecture == "C" else ck["xy_w"]  # C: the checkpoint holds kernels
     xy_i, xy_j = local_pairs(g)
@@ -243,10 +236,8 @@ def report_html(run_dir, refresh: float | None = None) -> str:
     finished phases wrote.
     """
     run = load_stored_run(run_dir)
-    status = str(run.info.get("status", "unknown"))
-    ck = checkpoint_state(run) if status == "running" else None
-    if status == "running" and not is_running(run.path):  # its process was killed before it could say so
-        status = "interrupted"
+    ck = checkpoint_state(run) if run.info.get("status") == "running" else None
+    status = run_status(run.path, run.info)  # a killed process could not say so: interrupted
     if ck is not None:  # the figures read state.npz: give them the checkpoint's state instead
         run._cache["state.npz"] = {k: v for k, v in ck.items() if k not in ("phase", "chunk", "mtime")}
     drawn, skipped = render_figures(run)
@@ -301,11 +292,7 @@ def write_report(run_dir, out=None, refresh: float | None = None) -> Path:
 
 def _running(run_dir: Path) -> bool:
     """run.json says ``running`` and its process is alive (holds the run's lock)."""
-    try:
-        status = read_json(run_dir / "run.json").get("status")
-    except (OSError, ValueError) as err:
-        raise RunError(f"{run_dir / 'run.json'}: cannot be read ({err})") from err
-    return status == "running" and is_running(run_dir)
+    return run_status(run_dir, read_run_file(run_dir / "run.json")) == "running"
 
 
 def watch(run_dir, out=None, seconds: float = 10.0, sleep=time.sleep) -> Path:

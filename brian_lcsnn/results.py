@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import LcsnnError
+
 __all__ = [
     "RunError",
     "default_results_root",
@@ -34,12 +36,16 @@ __all__ = [
     "write_npz",
     "write_text",
     "read_json",
+    "read_run_file",
+    "read_npz",
+    "run_status",
+    "check_results_root",
     "running_lock",
     "is_running",
 ]
 
 
-class RunError(ValueError):
+class RunError(LcsnnError, ValueError):
     """A run or results folder that cannot be used as asked (unknown run id, ...); one line for the user."""
 
 
@@ -140,6 +146,68 @@ def write_npz(path: Path, **arrays) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def read_run_file(path: Path, what: type = dict):
+    """A JSON file of a run directory (run.json, scores.json, curves/...): the one reader of every command that
+    shows a stored run. A missing, truncated or garbled file, or one that is not a ``what``, is a `RunError`
+    naming the file."""
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())
+        raise RunError(f"{path}: cannot be read ({type(err).__name__}: {reason})") from None
+    if not isinstance(data, what):
+        raise RunError(f"{path}: cannot be read (expected a JSON {what.__name__}, got {type(data).__name__})")
+    return data
+
+
+def read_npz(path: Path, keys=None) -> dict:
+    """The arrays of a run's ``.npz`` file (never unpickled): a missing, garbled or object-array file, or one
+    without one of ``keys``, is a `RunError` naming the file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in keys or () if key not in data.files]
+            if missing:
+                raise RunError(f"{path}: cannot be read (no array {', '.join(missing)})")
+            return {key: data[key] for key in data.files}
+    except RunError:
+        raise
+    except Exception as err:  # zipfile, numpy and OS errors of a damaged file: one line naming it
+        reason = " ".join(str(err).split())
+        if "allow_pickle" in reason:
+            reason = "it holds Python objects, which are never unpickled"
+        raise RunError(f"{path}: cannot be read ({type(err).__name__}: {reason})") from None
+
+
+def run_status(run_dir: Path, info: dict) -> str:
+    """The status of a run everywhere (runs, show, report): run.json's, except that a run.json saying
+    ``running`` whose lock no live process holds belongs to a killed process: ``interrupted``."""
+    status = str(info.get("status", "unknown"))
+    if status == "running" and not is_running(run_dir):
+        return "interrupted"
+    return status
+
+
+def check_results_root(root: Path) -> Path:
+    """Check, before anything is compiled, that runs can be written under ``root`` (created later if missing):
+    it, or the nearest folder above it that exists, is a writable folder. `RunError` naming it otherwise."""
+    root = Path(root)
+    existing = root
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a file" if existing == root else f"{existing} is a file"
+        raise RunError(f"{root}: results folder cannot be used ({what}, not a folder)")
+    try:  # os.access says yes to root on a read-only mount: try it
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".lcsnn-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunError(f"{root}: results folder cannot be written ({err.strerror or err})") from None
+    return root
 
 
 def _jsonable(value):

@@ -22,7 +22,7 @@ from .interrupts import RunInterrupted, deferred, hold, interruptible, release
 from .models import ModelError, parse_quantity
 from .network import NetworkSpec
 from .protocol import PHASE_SPLIT, Protocol, phase_split
-from .results import is_running, new_run_dir, read_json, running_lock, write_json, write_npz, write_text
+from .results import is_running, new_run_dir, read_json, read_npz, running_lock, write_json, write_npz, write_text
 from .simulation import DeviceError, NetworkState, Simulator
 from .topology import competing, competition_pairs, kernel_index, local_pairs
 
@@ -340,8 +340,12 @@ def run_protocol(protocol: Protocol, results_root: Path, *, device: str | None =
 
 
 def _run_protocol(protocol: Protocol, results_root: Path, device, build_root, progress: bool, tags) -> Path:
+    from .checks import check_protocol
+    from .results import check_results_root
+
+    check_results_root(Path(results_root))  # before compiling: a results folder that cannot be written
+    check_protocol(protocol)  # what lcsnn check finds (equations on the runtime device, data set's files): no compile
     dataset, sim, compile_seconds = _prepare(protocol, device, build_root, progress)
-    _check_split_sizes(protocol, dataset)
     hold()  # a signal from here on waits for run.json: no run directory without one
     run_dir = new_run_dir(Path(results_root), protocol.name)
     _write_protocol(run_dir, protocol)
@@ -440,6 +444,7 @@ def _build_info(sim: Simulator, prepare_seconds: float) -> dict:
 def _prepare(protocol: Protocol, device, build_root, progress: bool = False):
     ds = protocol["dataset"]
     dataset = load_dataset(ds["name"], ds["path"], progress=progress)
+    _check_split_sizes(protocol, dataset)  # before compiling
     sim = make_simulator(protocol, device, build_root)
     logger.info("preparing %s on %s", protocol.name, sim.device_name)
     try:
@@ -488,8 +493,7 @@ def _load_checkpoint(run_dir: Path) -> dict | None:
     path = run_dir / "checkpoint.npz"
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return read_npz(path, ("xy_w", "yy_w", "theta", "phase", "chunk", "counts"))
 
 
 def _execute(protocol: Protocol, run_dir: Path, info: dict, dataset, sim: Simulator, progress: bool,
@@ -619,23 +623,11 @@ def _phase_images(dataset, phase: dict):
 
 
 def _check_split_sizes(protocol: Protocol, dataset) -> None:
-    """The phases and the learning curves' subsets fit the data set's splits, before anything runs."""
-    from .protocol import ProtocolError
+    """The phases and the learning curves' subsets fit the data set's splits (and its images the crop, its
+    labels 0..9, the phases the memory), before anything runs."""
+    from .checks import check_dataset
 
-    for k, phase in enumerate(protocol["phases"]):
-        if phase["type"] in PHASE_SPLIT:
-            split, skip = phase_split(phase)
-            available = len(dataset.split(split)[1]) - skip
-            needed = 1 if phase["sampling"] == "with_replacement" else phase["n"]
-            if needed > available:
-                raise ProtocolError(f"{protocol.path}: phases[{k}]: {phase['n']} {phase['sampling']} images from the "
-                                    f"{split} split of {dataset.name} after skipping {skip}, but it has "
-                                    f"{available + skip}")  # fmt: skip
-        for key, n in (phase.get("evaluate") or {}).items():
-            available = len(dataset.split(PHASE_SPLIT[key])[1])
-            if n > available:
-                raise ProtocolError(f"{protocol.path}: phases[{k}].evaluate.{key}: {n} images, but the "
-                                    f"{PHASE_SPLIT[key]} split of {dataset.name} has {available}")  # fmt: skip
+    check_dataset(protocol, dataset)
 
 
 def present_recorded(protocol: Protocol, state: NetworkState, votes: np.ndarray, linear, images: np.ndarray,
@@ -709,11 +701,10 @@ def _write_showcase(run_dir: Path, protocol: Protocol, dataset, sim: Simulator, 
 
 def _load_readouts(run_dir: Path):
     votes_path, linear_path = run_dir / "readout" / "votes.npz", run_dir / "readout" / "linear.npz"
-    votes = np.load(votes_path)["votes"] if votes_path.exists() else None
+    votes = read_npz(votes_path, ("votes",))["votes"] if votes_path.exists() else None
     linear = None
     if linear_path.exists():
-        with np.load(linear_path, allow_pickle=False) as data:
-            linear = readout.LinearReadout.from_arrays({key: data[key] for key in data.files})
+        linear = readout.LinearReadout.from_arrays(read_npz(linear_path))
     return votes, linear
 
 
@@ -729,9 +720,9 @@ def _set_projection(state: NetworkState, phase: dict) -> NetworkState:
 
 def read_state(path: Path, geometry) -> NetworkState:
     """A state written by `_write_state` (``state.npz`` or ``states/<phase>.npz``)."""
-    with np.load(path, allow_pickle=False) as data:
-        xy_w = data["kernels"].ravel() if geometry.architecture == "C" else data["xy_w"]
-        return NetworkState(np.array(xy_w, dtype=np.float64), np.array(data["yy_w"]), np.array(data["theta"]))
+    data = read_npz(path, ("kernels" if geometry.architecture == "C" else "xy_w", "yy_w", "theta"))
+    xy_w = data["kernels"].ravel() if geometry.architecture == "C" else data["xy_w"]
+    return NetworkState(np.array(xy_w, dtype=np.float64), np.array(data["yy_w"]), np.array(data["theta"]))
 
 
 def _write_state(run_dir: Path, phase: str | None, geometry, state: NetworkState) -> None:

@@ -24,9 +24,18 @@ from pathlib import Path
 import yaml
 
 from .readout import VOTING_METHODS, headline_test_phase
-from .results import RunError, default_results_root, is_running, read_json
+from .results import RunError, default_results_root, is_running, read_json, read_run_file, run_status
 
-__all__ = ["INDEX_NAME", "COLUMNS", "DEFAULT_COLUMNS", "RunIndex", "list_runs", "parse_filters", "register"]
+__all__ = [
+    "INDEX_NAME",
+    "COLUMNS",
+    "DEFAULT_COLUMNS",
+    "RunIndex",
+    "list_runs",
+    "parse_filters",
+    "register",
+    "resolve_run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +352,18 @@ class RunIndex:
         return path
 
 
+def resolve_run(run: str | Path, results=None) -> Path:
+    """The run directory that every command taking a run accepts: a path to one (a folder with a run.json),
+    else a run id or a unique prefix of one in the results folder; `RunError` if none or several."""
+    path = Path(run)
+    if (path / "run.json").is_file():
+        return path
+    if path.is_dir() and (path / "protocol.yaml").is_file():
+        raise RunError(f"{path}: not a run directory (no run.json)")
+    with RunIndex(Path(results) if results is not None else default_results_root()) as index:
+        return index.find(str(run))
+
+
 def list_runs(root=None, **filters):
     """The runs of a results folder as a DataFrame (the index synced first); ``filters`` as in `RunIndex.frame`,
     dotted protocol keys through a dict: ``list_runs(**{"parameters.neuron.tau_m": "25 ms"})``."""
@@ -372,7 +393,7 @@ def register(subparsers) -> None:
     runs.set_defaults(handler=_cmd_runs)
     for name, text in (("show", "a run's details and scores"), ("delete", "delete a run directory")):
         cmd = subparsers.add_parser(name, help=text)
-        cmd.add_argument("run", help="run id or a unique prefix of one")
+        cmd.add_argument("run", help="the run directory, or a run id (or unique prefix) in the results folder")
         cmd.add_argument("--results", **results)
         if name == "show":
             cmd.add_argument("--json", action="store_true", help="print JSON")
@@ -413,8 +434,7 @@ def _cmd_runs(args) -> int:
         index.rebuild() if args.rebuild else index.sync()
         records = index.records(filters, args.sort, args.desc)
     for r in records:  # run.json of a killed run still says running: its lock tells
-        if r["status"] == "running" and not is_running(index.root / r["id"]):
-            r["status"] = "interrupted"
+        r["status"] = run_status(index.root / r["id"], r)
     if args.json or args.csv:
         records = [{c: r[c] for c in columns or COLUMNS} for r in records]
         if args.csv:
@@ -440,13 +460,10 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    with _index(args) as index:
-        path = index.find(args.run)
-    try:
-        info = _mapping(read_json(path / "run.json"), "run.json")
-        scores = _mapping(read_json(path / "scores.json"), "scores.json") if (path / "scores.json").exists() else {}
-    except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot be read ({err})") from err
+    path = resolve_run(args.run, args.results)
+    info = read_run_file(path / "run.json")
+    scores = read_run_file(path / "scores.json") if (path / "scores.json").exists() else {}
+    info = {**info, "status": run_status(path, info)}
     if args.json:
         print(json.dumps({"path": str(path), "run": info, "scores": scores}, indent=2, default=str))
         return 0
@@ -471,8 +488,10 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_delete(args) -> int:
-    with _index(args) as index:
-        path = index.find(args.run)
+    path = resolve_run(args.run, args.results)
+    if is_running(path):  # its process holds run.lock: deleting would pull the folder from under it
+        raise RunError(f"{path}: is being run by a live process; stop it first (its run.lock is held)")
+    with RunIndex(path.parent) as index:
         if not args.yes:
             if not sys.stdin.isatty():
                 print(f"not deleted: {path} (stdin is not a terminal; confirm with --yes)", file=sys.stderr)

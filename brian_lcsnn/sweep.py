@@ -1169,15 +1169,12 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("spec", help="the trial as JSON")
     args = parser.parse_args(argv)
     from .cli import _configure_logging
-    from .data import DataError
-    from .errors import DeviceError
-    from .models import ModelError
-    from .protocol import ProtocolError
+    from .errors import LcsnnError
 
     _configure_logging(False)
     try:
         return _trial_main(json.loads(args.spec))
-    except (ProtocolError, ModelError, DataError, DeviceError, RunError) as err:
+    except LcsnnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

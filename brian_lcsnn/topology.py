@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import LcsnnError
+
 __all__ = [
     "ARCHITECTURES",
     "YY_PAIRS",
@@ -28,7 +30,7 @@ ARCHITECTURES = ("LC", "C", "FC")
 YY_PAIRS = ("competition", "all")
 
 
-class GeometryError(ValueError):
+class GeometryError(LcsnnError, ValueError):
     """An impossible geometry (kernel larger than the crop, zero stride, ...)."""
 
 

@@ -189,7 +189,11 @@ def test_parse_quantity_plain_numbers(value, expected):
         ("", "cannot read"),
         ("ms", "cannot read"),
         ("12 parsecs", "unknown unit 'parsecs'"),
-        ("1 ms ms", "unknown unit"),
+        ("1 ms ms", "cannot read '1 ms ms'"),  # a unit, not a list of them
+        ("1 Hz^9^9^9", "cannot read '1 Hz^9^9^9'"),  # never evaluated: this hung `lcsnn check`
+        ("1 (ms+ms)", "cannot read"),
+        ("1 Hz**99", "cannot read"),
+        ("2 sin", "unknown unit 'sin'"),  # a name of brian2.units that is not a unit
         ("1 e6", "unknown unit 'e6'"),
         (True, "expected a number with an optional unit, got True"),
         (False, "expected a number with an optional unit"),

@@ -531,7 +531,7 @@ def test_validation_split_phases(tmp_path):
 
         def split(self, which):
             n = {"train": 20, "calibration": 10, "test": 5}[which]
-            return np.arange(n).reshape(n, 1, 1), np.arange(n) % 10
+            return np.broadcast_to(np.arange(n)[:, None, None], (n, 28, 28)), np.arange(n) % 10  # images fit the crop
 
     images, labels = _phase_images(Tiny(), validation)
     assert images[:, 0, 0].tolist() == [6, 7, 8, 9] and labels.tolist() == [6, 7, 8, 9]
