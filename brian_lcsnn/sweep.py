@@ -1054,23 +1054,27 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
     meter = _Progress(sweep, total, finished, progress, _best_of(state, sweep.objective))
     meter.line()
     clock = _Clock(sweep, results)
-    while len(study.trials) < n_sets and not clock.expired():
+
+    def asked() -> int:  # sets told or being run: an enqueued (WAITING) set to resume is still to be asked
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+
+    while asked() < n_sets and not clock.expired():
         used = meter.done_before + meter.done + meter.failed
-        batch = min(max(executor.capacity(), resumed), n_sets - len(study.trials))
+        batch = min(max(executor.capacity(), resumed), n_sets - asked())
         if max_trials:
             batch = min(batch, (max_trials - used) // len(sweep.seeds))
         if batch < 1:
             break
         resumed = 0
-        asked = [study.ask(distributions) for _ in range(batch)]
+        batch_trials = [study.ask(distributions) for _ in range(batch)]
         tidy = {axis.key: axis.tidy for axis in sweep.axes}
-        sets = [{k: tidy[k](v) for k, v in t.params.items()} for t in asked]
+        sets = [{k: tidy[k](v) for k, v in t.params.items()} for t in batch_trials]
         trials = [Trial(values, seed) for values in sets for seed in sweep.seeds]
         todo = [t for t in dict(zip((t.key for t in trials), trials, strict=True)).values()  # a repeat runs once
                 if state.get(t.key, {}).get("status") != "finished"]  # fmt: skip
         out = _execute(sweep, results, executor, todo, meter, clock)
         state = _state(sweep, results)
-        for t, values in zip(asked, sets, strict=True):
+        for t, values in zip(batch_trials, sets, strict=True):
             runs = [state.get(Trial(values, seed).key) for seed in sweep.seeds]
             values = [objective_value(r["scores"], sweep.objective) if r and r["status"] == "finished" else None
                       for r in runs]  # fmt: skip

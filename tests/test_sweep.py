@@ -472,3 +472,29 @@ def test_every_shipped_sweep_loads(path):
     assert sweep.name == path.stem and sweep.seeds
     if sweep.search["method"] == "grid":
         assert grid_trials(sweep)
+
+
+@pytest.mark.codegen_independent
+def test_optuna_restart_after_a_kill_in_the_last_batch_finishes_every_set(tmp_path, monkeypatch):
+    """A trial of the last batch killed (its run left "running"): the restart resumes it, although the study then
+    holds n trials (the finished ones and the resumed one, enqueued), and the summary has all n sets."""
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
+    path = tmp_path / "optuna.yaml"
+    path.write_text(f"""
+name: opt_last
+protocol: {SWEEPS.parent / "fixtures" / "protocols" / "tiny.yaml"}
+set: {{network.n_filters: 4}}
+axes:
+  network.mean_weight: {{min: 0.2, max: 0.7}}
+search: {{method: optuna, sampler: tpe, n: 6, seed: 3}}
+objective: test.patch_voting
+""")
+    run_sweep(load_sweep(path), results, progress=False)
+    last = max(results.glob("*/run.json"), key=lambda p: json.loads(p.read_text())["tags"]["trial"] == fake.calls[-1])
+    info = json.loads(last.read_text())
+    assert info["tags"]["trial"] == fake.calls[-1]  # a trial of the last batch (of 2)
+    last.write_text(json.dumps({**info, "status": "running"}))
+    fake.calls.clear()
+    summary = run_sweep(load_sweep(path), results, progress=False)
+    assert fake.calls == [info["tags"]["trial"]]  # resumed, and nothing else run
+    assert summary["trials"]["finished"] == 6 and len(summary["parameter_sets"]) == 6
