@@ -498,3 +498,129 @@ objective: test.patch_voting
     summary = run_sweep(load_sweep(path), results, progress=False)
     assert fake.calls == [info["tags"]["trial"]]  # resumed, and nothing else run
     assert summary["trials"]["finished"] == 6 and len(summary["parameter_sets"]) == 6
+
+
+def _processes_in_groups(groups: set) -> list:
+    """The pids of live processes whose process group is one of ``groups`` (a trial and what it started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _summary_values(summary: dict) -> list:
+    """A sweep summary without its run ids: what an interrupted and resumed sweep must give as an uninterrupted one."""
+    return sorted(
+        (json.dumps(g["values"], sort_keys=True), sorted(g["seeds"]), g["objective"], g["scores"])
+        for g in summary["parameter_sets"]
+    )
+
+
+@real
+@pytest.mark.parametrize(
+    "target, signals, executor",
+    [
+        ("group", [signal.SIGINT], ["--workers", "2"]),
+        ("group", [signal.SIGINT, signal.SIGINT], ["--workers", "2"]),
+        ("client", [signal.SIGTERM], ["--workers", "2"]),
+        pytest.param("group", [signal.SIGINT], ["--local-cluster", "2"], marks=pytest.mark.slow),
+        pytest.param("client", [signal.SIGTERM], ["--local-cluster", "2"], marks=pytest.mark.slow),
+    ],
+    ids=["sigint", "sigint_twice", "sigterm", "local_cluster_sigint", "local_cluster_sigterm"],
+)
+def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summary(
+    target, signals, executor, local_sweep, build_root, tmp_path, monkeypatch
+):
+    """SIGINT to the client's process group (Ctrl-C, once or twice) or SIGTERM to the client (Slurm), while a
+    trial runs: it stops its trials (runs marked interrupted, none failed), exits 128 + signal with one line that
+    says how to resume, leaves no process behind; the restart resumes the interrupted trials, leaves the finished
+    ones untouched and ends with the summary of the uninterrupted sweep."""
+    monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))
+    results = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(TINY_GRID), "--results", str(results), *executor,
+            "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    trial_pids = set()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # once a trial finished and another one runs and has checkpointed
+            found = _running_trial(results)
+            if found:
+                trial_pids.add(found[1])
+            statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
+            if found and "finished" in statuses:
+                break
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+        for signum in signals:
+            os.killpg(proc.pid, signum) if target == "group" else os.kill(proc.pid, signum)
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signals[0], err
+    lines = err.strip().splitlines()
+    name = signal.Signals(signals[0]).name
+    assert len(lines) == 1 and lines[0].startswith(f"sweep tiny_grid interrupted ({name}): "), err
+    assert f"resume with: lcsnn sweep {TINY_GRID.resolve()} --results {results} {' '.join(executor)}" in lines[0]
+    assert _processes_in_groups(trial_pids) == []  # no trial, compiler or compiled binary left behind
+    before = {}
+    for run_json in results.glob("*/run.json"):
+        info = json.loads(run_json.read_text())
+        before[info["tags"]["trial"]] = (info["status"], run_json.read_bytes())
+    statuses = sorted(status for status, _ in before.values())
+    assert "finished" in statuses and "interrupted" in statuses and set(statuses) <= {"finished", "interrupted"}
+    assert json.loads((results / "sweeps" / "tiny_grid" / "failures.json").read_text()) == {}
+    assert main(["sweep", str(TINY_GRID), "--results", str(results), "--workers", "2", "--quiet"]) == 0
+    runs = _runs(results)
+    for trial, (status, raw) in before.items():
+        if status == "finished":  # untouched
+            assert (runs[trial] / "run.json").read_bytes() == raw
+        else:  # resumed from its checkpoint in its own run directory
+            assert json.loads((runs[trial] / "run.json").read_text())["resumed"] == 1
+    _assert_same_results(runs, _runs(local_sweep[0]))
+    summary = json.loads((results / "sweeps" / "tiny_grid" / "summary.json").read_text())
+    assert summary["trials"] == local_sweep[1]["trials"]
+    assert _summary_values(summary) == _summary_values(json.loads(json.dumps(local_sweep[1])))
+
+
+@real
+def test_optuna_sweep_killed_in_its_last_batch_finishes_on_restart(build_root, tmp_path, monkeypatch):
+    """SIGKILL to the client of an adaptive sweep (2 sets, 1 worker: batches of one) while the last set runs:
+    the restart resumes that set (it ran nothing and exited 0 before) and the summary has both."""
+    monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))
+    path = tmp_path / "opt_kill.yaml"
+    path.write_text(TINY_GRID.read_text().replace("name: tiny_grid", "name: opt_kill")
+                    .replace("protocol: ../", f"protocol: {SWEEPS}/../")
+                    .replace("network.mean_weight: [0.4, 0.5]", "network.mean_weight: {min: 0.4, max: 0.5}")
+                    .replace("seeds: [1, 2]", "seeds: [1]\nsearch: {method: optuna, n: 2, seed: 5}"))  # fmt: skip
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(path), "--results", str(results), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the first set finished, the second (the last batch) runs
+            statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
+            if "finished" in statuses and _running_trial(results, "opt_kill"):
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    time.sleep(1.5)  # the orphaned trial process notices its parent is gone and kills itself
+    killed = [json.loads(p.read_text()) for p in results.glob("*/run.json")]
+    assert sorted(info["status"] for info in killed) == ["finished", "running"]
+    assert main(["sweep", str(path), "--results", str(results), "--quiet"]) == 0
+    summary = json.loads((results / "sweeps" / "opt_kill" / "summary.json").read_text())
+    assert summary["trials"]["finished"] == 2 and len(summary["parameter_sets"]) == 2
+    runs = _runs(results)  # the killed trial resumed in its run directory, nothing else ran
+    assert sorted(runs) == sorted(info["tags"]["trial"] for info in killed)
+    assert all(json.loads((d / "run.json").read_text())["status"] == "finished" for d in runs.values())
