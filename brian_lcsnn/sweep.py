@@ -534,10 +534,12 @@ def summarise(results, name: str, objective: str = BEST_VOTING, planned: list[Tr
     best = max(scored, key=lambda item: item[0], default=None)
     failures = _read_failures(results, name)
     failed = [f for key, f in failures.items() if key not in finished]
+    # stopped or killed, neither finished nor failed since: the next start of the sweep resumes them
+    interrupted = {r["trial"] for r in runs if r["status"] != "finished"} - set(finished) - set(failures)
     summary = {
         "sweep": name,
         "objective": objective,
-        "trials": {"finished": len(finished), "failed": len(failed),
+        "trials": {"finished": len(finished), "failed": len(failed), "interrupted": len(interrupted),
                    "planned": None if planned is None else len(planned),
                    "pending": None if planned is None else sum(t.key not in finished for t in planned)},
         "best": None if best is None else {"run": best[1]["id"], "trial": best[1]["trial"], "values": best[1]["values"],
@@ -581,7 +583,8 @@ def _print_summary(summary: dict, stream=None) -> None:
     stream = stream or sys.stdout
     t = summary["trials"]
     planned = f" of {t['planned']}" if t["planned"] is not None else ""
-    print(f"sweep {summary['sweep']}: {t['finished']}{planned} trials finished, {t['failed']} failed; "
+    stopped = f", {t['interrupted']} interrupted (a restart resumes them)" if t.get("interrupted") else ""
+    print(f"sweep {summary['sweep']}: {t['finished']}{planned} trials finished, {t['failed']} failed{stopped}; "
           f"objective {summary['objective']} (mean ± std over seeds)", file=stream)  # fmt: skip
     for g in summary["parameter_sets"]:
         obj = g["objective"]
@@ -1307,7 +1310,7 @@ def _cmd_sweep(args) -> int:
         _figures(sweep, results)
     _print_summary(summary)
     print(_sweep_dir(results, sweep.name) / "summary.json")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary["trials"]["interrupted"] else 0
 
 
 def _resume_command(args) -> str:

@@ -175,7 +175,7 @@ def test_local_sweep_runs_every_trial_once_and_indexes_them(local_sweep, capsys)
     results, summary = local_sweep
     runs = _runs(results)
     assert sorted(runs) == sorted(t.key for t in grid_trials(load_sweep(TINY_GRID)))
-    assert summary["trials"] == {"finished": 4, "failed": 0, "planned": 4, "pending": 0}
+    assert summary["trials"] == {"finished": 4, "failed": 0, "interrupted": 0, "planned": 4, "pending": 0}
     for trial, run_dir in runs.items():
         info = json.loads((run_dir / "run.json").read_text())
         assert info["status"] == "finished" and info["tags"]["sweep"] == "tiny_grid"
@@ -624,3 +624,38 @@ def test_optuna_sweep_killed_in_its_last_batch_finishes_on_restart(build_root, t
     runs = _runs(results)  # the killed trial resumed in its run directory, nothing else ran
     assert sorted(runs) == sorted(info["tags"]["trial"] for info in killed)
     assert all(json.loads((d / "run.json").read_text())["status"] == "finished" for d in runs.values())
+
+
+@pytest.mark.codegen_independent
+def test_a_trial_killed_beyond_its_retries_is_interrupted_not_failed_and_the_sweep_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    """The executor reports a trial "interrupted" (its process killed twice, or stopped by SIGTERM): it is no
+    failure (not in failures.json), the summary counts it, the sweep exits 1 saying a restart resumes it, and
+    the restart runs it and exits 0."""
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
+    grid = results.parent / "grid.yaml"
+    grid.write_text(TINY_GRID.read_text().replace("protocol: ../", f"protocol: {SWEEPS}/../"))
+    submit = fake.submit
+
+    def killed_once(spec):
+        future = submit(spec)
+        if len(fake.calls) == 1:
+            result = future.result()
+            run_json = results / result["run"] / "run.json"
+            run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "interrupted"}))
+            future = type(future)()
+            future.set_result({**result, "status": "interrupted", "error": "killed by signal 9", "scores": None})
+        return future
+
+    monkeypatch.setattr(fake, "submit", killed_once)
+    assert main(["sweep", str(grid), "--results", str(results), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "3 of 4 trials finished, 0 failed, 1 interrupted (a restart resumes them)" in captured.out
+    assert f"trial {fake.calls[0]} killed by signal 9; a restart resumes it" in captured.err
+    assert json.loads((results / "sweeps" / "tiny_grid" / "failures.json").read_text()) == {}
+    summary = json.loads((results / "sweeps" / "tiny_grid" / "summary.json").read_text())
+    assert summary["trials"] == {"finished": 3, "failed": 0, "interrupted": 1, "planned": 4, "pending": 1}
+    assert main(["sweep", str(grid), "--results", str(results), "--quiet"]) == 0
+    assert fake.calls[4:] == fake.calls[:1]  # only the interrupted one ran again
+    assert "4 of 4 trials finished, 0 failed;" in capsys.readouterr().out
