@@ -5,7 +5,9 @@ key), seeds, a search (``grid``, ``random``, ``optuna``), an objective (a test s
 Every trial is an ordinary run in the results folder, tagged ``{"sweep", "trial", "values", "seed"}`` in its
 run.json, so the index (`brian_lcsnn.store`) lists it (``lcsnn runs --sweep NAME``) and a trial is identified
 by its sweep name, its values and its seed: a finished one is never run again, an interrupted one is resumed
-from its checkpoint, a failed one is recorded with its error and the sweep goes on.
+from its checkpoint, a failed one is recorded with its error and the sweep goes on. SIGINT or SIGTERM to the
+client stops the sweep: no trial starts, the running ones get SIGTERM (their runs marked interrupted at their
+last checkpoint), the workers close, the summary is written, exit 130 or 143 (`run_sweep` raises `Interrupted`).
 
 Each trial runs in a subprocess (``python -m brian_lcsnn.sweep trial SPEC``) started by the executor's task,
 not in the worker process itself: Brian2 keeps its device in global state (one standalone build per process at
