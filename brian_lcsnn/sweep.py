@@ -1150,7 +1150,7 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
             logger.warning("sweep %s: trial %s failed: %s", sweep.name, trial.key, result["error"])
         write_json(_sweep_dir(results, sweep.name) / "failures.json", failures)
         clock.save()
-        report = True
+        report = stop.signum is None  # stopping: the one line that says how to resume, not trials ending
     clock.save()
     stop.check()
     return out

@@ -527,7 +527,7 @@ def _summary_values(summary: dict) -> list:
     [
         ("group", [signal.SIGINT], ["--workers", "2"]),
         ("group", [signal.SIGINT, signal.SIGINT], ["--workers", "2"]),
-        ("client", [signal.SIGTERM], ["--workers", "2"]),
+        ("client", [signal.SIGTERM], ["--workers", "2", "--progress"]),
         pytest.param("group", [signal.SIGINT], ["--local-cluster", "2"], marks=pytest.mark.slow),
         pytest.param("client", [signal.SIGTERM], ["--local-cluster", "2"], marks=pytest.mark.slow),
     ],
@@ -542,8 +542,10 @@ def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summa
     ones untouched and ends with the summary of the uninterrupted sweep."""
     monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))
     results = tmp_path / "interrupted"
+    progress = "--progress" in executor  # progress lines until the signal, none while it stops
+    executor = [word for word in executor if word != "--progress"]
     argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(TINY_GRID), "--results", str(results), *executor,
-            "--quiet"]  # fmt: skip
+            *([] if progress else ["--quiet"])]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     trial_pids = set()
     try:
@@ -567,6 +569,8 @@ def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summa
             proc.wait()
     assert proc.returncode == 128 + signals[0], err
     lines = err.strip().splitlines()
+    meter = [line for line in lines if line.startswith("sweep tiny_grid: ") and " done, " in line]
+    lines = [line for line in lines if line not in meter]
     name = signal.Signals(signals[0]).name
     assert len(lines) == 1 and lines[0].startswith(f"sweep tiny_grid interrupted ({name}): "), err
     assert f"resume with: lcsnn sweep {TINY_GRID.resolve()} --results {results} {' '.join(executor)}" in lines[0]
@@ -576,6 +580,7 @@ def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summa
         info = json.loads(run_json.read_text())
         before[info["tags"]["trial"]] = (info["status"], run_json.read_bytes())
     statuses = sorted(status for status, _ in before.values())
+    assert not progress or 1 <= len(meter) <= 1 + statuses.count("finished")  # the first, then one per finished
     assert "finished" in statuses and "interrupted" in statuses and set(statuses) <= {"finished", "interrupted"}
     assert json.loads((results / "sweeps" / "tiny_grid" / "failures.json").read_text()) == {}
     assert main(["sweep", str(TINY_GRID), "--results", str(results), "--workers", "2", "--quiet"]) == 0
