@@ -513,6 +513,19 @@ def _processes_in_groups(groups: set) -> list:
     return found
 
 
+def _in_training(results: Path, trial: str) -> bool:
+    """Whether the trial's run has checkpointed in its first (train) phase: several chunks to go, time for a
+    signal to reach it (through Dask too) before it finishes."""
+    for run_json in results.glob("*/run.json"):
+        try:
+            if json.loads(run_json.read_text())["tags"]["trial"] == trial:
+                with np.load(run_json.parent / "checkpoint.npz") as checkpoint:
+                    return int(checkpoint["phase"]) == 0
+        except (OSError, ValueError, KeyError):
+            continue
+    return False
+
+
 def _summary_values(summary: dict) -> list:
     """A sweep summary without its run ids: what an interrupted and resumed sweep must give as an uninterrupted one."""
     return sorted(
@@ -555,7 +568,7 @@ def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summa
             if found:
                 trial_pids.add(found[1])
             statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
-            if found and "finished" in statuses:
+            if found and "finished" in statuses and _in_training(results, found[0]):
                 break
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.05)
