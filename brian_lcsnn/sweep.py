@@ -5,7 +5,9 @@ key), seeds, a search (``grid``, ``random``, ``optuna``), an objective (a test s
 Every trial is an ordinary run in the results folder, tagged ``{"sweep", "trial", "values", "seed"}`` in its
 run.json, so the index (`brian_lcsnn.store`) lists it (``lcsnn runs --sweep NAME``) and a trial is identified
 by its sweep name, its values and its seed: a finished one is never run again, an interrupted one is resumed
-from its checkpoint, a failed one is recorded with its error and the sweep goes on.
+from its checkpoint, a failed one is recorded with its error and the sweep goes on. SIGINT or SIGTERM to the
+client stops the sweep: no trial starts, the running ones get SIGTERM (their runs marked interrupted at their
+last checkpoint), the workers close, the summary is written, exit 130 or 143 (`run_sweep` raises `Interrupted`).
 
 Each trial runs in a subprocess (``python -m brian_lcsnn.sweep trial SPEC``) started by the executor's task,
 not in the worker process itself: Brian2 keeps its device in global state (one standalone build per process at
@@ -533,10 +535,12 @@ def summarise(results, name: str, objective: str = BEST_VOTING, planned: list[Tr
     best = max(scored, key=lambda item: item[0], default=None)
     failures = _read_failures(results, name)
     failed = [f for key, f in failures.items() if key not in finished]
+    # stopped or killed, neither finished nor failed since: the next start of the sweep resumes them
+    interrupted = {r["trial"] for r in runs if r["status"] != "finished"} - set(finished) - set(failures)
     summary = {
         "sweep": name,
         "objective": objective,
-        "trials": {"finished": len(finished), "failed": len(failed),
+        "trials": {"finished": len(finished), "failed": len(failed), "interrupted": len(interrupted),
                    "planned": None if planned is None else len(planned),
                    "pending": None if planned is None else sum(t.key not in finished for t in planned)},
         "best": None if best is None else {"run": best[1]["id"], "trial": best[1]["trial"], "values": best[1]["values"],
@@ -580,7 +584,8 @@ def _print_summary(summary: dict, stream=None) -> None:
     stream = stream or sys.stdout
     t = summary["trials"]
     planned = f" of {t['planned']}" if t["planned"] is not None else ""
-    print(f"sweep {summary['sweep']}: {t['finished']}{planned} trials finished, {t['failed']} failed; "
+    stopped = f", {t['interrupted']} interrupted (a restart resumes them)" if t.get("interrupted") else ""
+    print(f"sweep {summary['sweep']}: {t['finished']}{planned} trials finished, {t['failed']} failed{stopped}; "
           f"objective {summary['objective']} (mean ± std over seeds)", file=stream)  # fmt: skip
     for g in summary["parameter_sets"]:
         obj = g["objective"]
@@ -674,13 +679,83 @@ def _claim_build_root(base, worker: str):
             handle.close()
 
 
-_LIVE: set = set()  # the trial subprocesses of this process (killed with it on Ctrl-C)
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (``signum``) to a sweep's client or to a trial process: it stops, exit 128 + signum.
+    From `run_sweep`, ``summary`` is the summary of the trials that finished (written as usual)."""
+
+    def __init__(self, signum: int = signal.SIGINT, summary: dict | None = None):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.summary = int(signum), summary
 
 
-def run_trial_process(spec: dict, worker: str, retries: int = 1) -> dict:
+#: Exit codes of a trial process that was stopped by SIGINT or SIGTERM (its run is marked interrupted).
+INTERRUPTED_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+#: Seconds a trial process has to mark its run interrupted after SIGTERM before its group gets SIGKILL.
+STOP_GRACE_S = 15.0
+
+
+class _TrialProcesses:
+    """The trial subprocesses this process runs, and whether it is stopping: then none starts or is retried."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.live: set = set()
+        self.stopping = False
+
+    def start(self, argv: list, **kwargs):
+        """A started `subprocess.Popen`, or None once stopping."""
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(argv, **kwargs)
+            self.live.add(proc)
+            return proc
+
+    def ended(self, proc) -> None:
+        with self.lock:
+            self.live.discard(proc)
+
+    def stop(self, grace: float = STOP_GRACE_S) -> int:
+        """Stop every trial: SIGTERM to its process (which marks its run interrupted, kills the compiled binary it
+        runs and exits 143; the binary itself never gets SIGINT, which would end its chunk early as if done), then
+        SIGKILL to the process group of each still there after ``grace`` seconds (one that is compiling)."""
+        with self.lock:
+            self.stopping = True
+            procs = list(self.live)
+        for proc in procs:
+            _signal_quietly(os.kill, proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            while proc.returncode is None and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # the thread running the trial may reap it first: then returncode is set
+        for proc in procs:  # whatever is left of its group (a compiler, a binary)
+            _signal_quietly(os.killpg, proc.pid, signal.SIGKILL)
+        return len(procs)
+
+
+def _signal_quietly(kill, pid: int, signum: int) -> None:
+    try:
+        kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+_TRIALS = _TrialProcesses()  # of this process, for callers that give none
+_CLIENT_TRIALS: dict = {}  # on a Dask worker: {client token: its trials}, so that a client stops only its own
+_CLIENT_TRIALS_LOCK = threading.Lock()
+
+
+def _trials_of(client: str) -> _TrialProcesses:
+    with _CLIENT_TRIALS_LOCK:
+        return _CLIENT_TRIALS.setdefault(client, _TrialProcesses())
+
+
+def run_trial_process(spec: dict, worker: str, retries: int = 1, trials: _TrialProcesses | None = None) -> dict:
     """Run one trial in a subprocess on this host; retried (resumed from its checkpoint) up to ``retries``
-    times when the subprocess is killed by a signal. Returns ``{"trial", "status", "run", "error", "scores",
-    "seconds", "worker"}``."""
+    times when the subprocess is killed by a signal, unless ``trials`` is stopping. Returns ``{"trial",
+    "status", "run", "error", "scores", "seconds", "worker"}``; status is "finished", "failed" or "interrupted"
+    (stopped by SIGINT or SIGTERM, or killed: a restart of the sweep resumes it)."""
+    trials = trials if trials is not None else _TRIALS
     results = Path(spec["results"])
     if not results.is_dir():
         error = f"results folder {results} is not visible on {socket.gethostname()}: the workers need a shared one"
@@ -690,14 +765,17 @@ def run_trial_process(spec: dict, worker: str, retries: int = 1) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per worker
     start = time.perf_counter()
     for attempt in range(retries + 1):
-        proc = subprocess.Popen([sys.executable, "-m", "brian_lcsnn.sweep", "trial", json.dumps(spec)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
-        _LIVE.add(proc)
+        status = "failed"
+        proc = trials.start([sys.executable, "-m", "brian_lcsnn.sweep", "trial", json.dumps(spec)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+        if proc is None:
+            status, error = "interrupted", "the sweep was stopped before the trial started"
+            break
         try:
             out, err = proc.communicate()
         finally:
-            _LIVE.discard(proc)
+            trials.ended(proc)
         if proc.returncode == 0:
             run_dir = Path(out.strip().splitlines()[-1])
             try:
@@ -708,21 +786,36 @@ def run_trial_process(spec: dict, worker: str, retries: int = 1) -> dict:
                     "seconds": time.perf_counter() - start, "worker": worker, "attempts": attempt + 1}  # fmt: skip
         lines = [line for line in err.strip().splitlines() if line.strip()]
         error = lines[-1] if lines else f"exit code {proc.returncode}"
+        if proc.returncode in INTERRUPTED_EXITS:
+            status, error = "interrupted", f"stopped by {signal.Signals(proc.returncode - 128).name}"
+            break
         if proc.returncode < 0:
-            error = f"killed by signal {-proc.returncode}"
-            if attempt < retries:
+            status, error = "interrupted", f"killed by signal {-proc.returncode}"
+            if attempt < retries and not trials.stopping:
                 logger.warning("trial %s: %s; retrying (resumes its run)", spec["trial"], error)
                 continue
         break
-    return {"trial": spec["trial"], "status": "failed", "run": None, "error": error, "scores": None,
+    return {"trial": spec["trial"], "status": status, "run": None, "error": error, "scores": None,
             "seconds": time.perf_counter() - start, "worker": worker, "attempts": attempt + 1}  # fmt: skip
 
 
-def _dask_trial(spec: dict, retries: int) -> dict:
+def _stop_trials(client: str, grace: float = STOP_GRACE_S) -> int:
+    """On a Dask worker (``client.run``): stop the trials of this client as `_TrialProcesses.stop` does."""
+    return _trials_of(client).stop(grace)
+
+
+def _quiet_sigint() -> None:
+    """On a LocalCluster's worker (``client.run``): a Ctrl-C to the client's process group reaches its workers too,
+    which would die of it; the client stops their trials and closes them instead."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+
+
+def _dask_trial(spec: dict, retries: int, client: str) -> dict:
     """The Dask task of a trial: the trial subprocess on this worker, with this worker's build folder."""
     from distributed import get_worker
 
-    return run_trial_process(spec, str(get_worker().name), retries)
+    return run_trial_process(spec, str(get_worker().name), retries, _trials_of(client))
 
 
 # ---------------------------------------------------------------- executors
@@ -735,6 +828,7 @@ class LocalExecutor:
         from concurrent.futures import ThreadPoolExecutor
 
         self.workers, self.build_root, self.retries = workers, build_root, retries
+        self.trials = _TrialProcesses()
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._free = list(range(workers))
         self._slots: dict = {}
@@ -745,24 +839,28 @@ class LocalExecutor:
 
     def submit(self, spec: dict):
         slot = self._free.pop(0)
-        future = self._pool.submit(run_trial_process, {**spec, "build_root": self.build_root}, str(slot), self.retries)
+        future = self._pool.submit(run_trial_process, {**spec, "build_root": self.build_root}, str(slot), self.retries,
+                                   self.trials)  # fmt: skip
         self._slots[future] = slot
         return future
 
     def wait_one(self, futures: list):
+        """(future, result) of a finished trial, or None after half a second (the caller looks for a stop)."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        done, _ = wait(futures, return_when=FIRST_COMPLETED)
+        done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+        if not done:
+            return None
         future = next(iter(done))
         self._free.append(self._slots.pop(future))
         return future, future.result()
 
+    def stop_trials(self) -> None:
+        """Stop the running trials (they return "interrupted"); none starts after this."""
+        self.trials.stop()
+
     def close(self) -> None:
-        for proc in list(_LIVE):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.trials.stop()  # none left after a sweep that ended; after an error, none outlives the client
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -778,11 +876,13 @@ class DaskExecutor:
         except ImportError:
             raise RunError("the Dask executor needs the 'distributed' package: pip install distributed") from None
         self.build_root = None if build_root is None else str(build_root)  # on the workers' paths too
-        self.retries, self.cluster = retries, None
+        self.retries, self.cluster, self._futures = retries, None, []
+        self.token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"  # this client's trials on the workers
         if local_cluster:
             self.cluster = LocalCluster(n_workers=local_cluster, threads_per_worker=1, processes=True,
                                         dashboard_address=None)  # fmt: skip
             self.client = Client(self.cluster)
+            self.client.run(_quiet_sigint)  # its workers share the client's process group: a Ctrl-C reaches them
             self.description = f"a Dask LocalCluster of {local_cluster} workers"
         else:
             try:
@@ -797,16 +897,18 @@ class DaskExecutor:
 
     def submit(self, spec: dict):
         key = f"lcsnn-trial-{_trial_hash(spec['sweep'], spec['trial'])}-{time.monotonic_ns()}"
-        return self.client.submit(_dask_trial, {**spec, "build_root": self.build_root}, self.retries, key=key,
-                                  pure=False)  # fmt: skip
+        future = self.client.submit(_dask_trial, {**spec, "build_root": self.build_root}, self.retries, self.token,
+                                    key=key, pure=False)  # fmt: skip
+        self._futures.append(future)
+        return future
 
     def wait_one(self, futures: list):
-        """(future, result) of a finished trial, or None after a while: workers may have joined (a Slurm job
-        that started), so that the caller can give them trials."""
+        """(future, result) of a finished trial, or None after a second: workers may have joined (a Slurm job
+        that started), so that the caller can give them trials, or the sweep was asked to stop."""
         from distributed import wait
 
         try:
-            done = wait(futures, timeout=10, return_when="FIRST_COMPLETED").done
+            done = wait(futures, timeout=1, return_when="FIRST_COMPLETED").done
         except TimeoutError:
             return None
         future = next(iter(done))
@@ -816,7 +918,17 @@ class DaskExecutor:
             return future, {"status": "failed", "run": None, "scores": None, "error": f"{type(err).__name__}: {err}",
                             "seconds": 0.0, "worker": None}  # fmt: skip
 
+    def stop_trials(self) -> None:
+        """Stop the trials on every worker (they return "interrupted"); none starts there after this."""
+        self.client.run(_stop_trials, self.token)
+
     def close(self) -> None:
+        if any(not f.done() for f in self._futures):  # an error in the client: its trials must not go on
+            try:
+                self.client.run(_stop_trials, self.token)
+                self.client.cancel(self._futures)
+            except Exception as err:  # closing anyway; say why the trials may not have stopped
+                logger.warning("could not stop the trials on the Dask workers: %s: %s", type(err).__name__, err)
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -892,6 +1004,34 @@ def _claim(sweep: Sweep, results: Path):
     return handle
 
 
+class _StopRequest:
+    """While a sweep's client runs (main thread): the first SIGINT or SIGTERM is kept in ``signum`` and later ones
+    are ignored; the sweep stops dispatching, stops its trials and workers, writes what it has and raises
+    `Interrupted` (`check`) at a point where nothing is half-written."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, previous in self._old.items():
+            signal.signal(signum, previous)
+        return False
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 def run_sweep(sweep: Sweep, results=None, *, workers: int = 1, scheduler: str | None = None,
               local_cluster: int | None = None, build_root=None, retries: int = 1,
               progress: bool = True) -> dict:  # fmt: skip
@@ -911,27 +1051,37 @@ def run_sweep(sweep: Sweep, results=None, *, workers: int = 1, scheduler: str | 
         Where each worker keeps its builds (``<build_root>/workers/<host>-<worker>``); default: each
         worker's `default_build_root`.
     retries : int
-        Re-runs (resumes) of a trial whose subprocess was killed, before it counts as failed.
+        Re-runs (resumes) of a trial whose subprocess was killed, before it counts as interrupted.
+
+    Raises `Interrupted` (a KeyboardInterrupt) after SIGINT or SIGTERM (in the main thread): the sweep stops
+    dispatching, its running trials are stopped (their runs marked interrupted, resumed by the next start of
+    the sweep), its workers or LocalCluster closed, and the summary of what finished is written.
     """
     results = Path(results if results is not None else default_results_root()).resolve()
     results.mkdir(parents=True, exist_ok=True)
     lock = _claim(sweep, results)
     executor = None
-    try:
-        if scheduler or local_cluster:
-            executor = DaskExecutor(scheduler, local_cluster, build_root, retries)
-        else:
-            executor = LocalExecutor(workers, None if build_root is None else str(build_root), retries)
-        logger.info("sweep %s on %s", sweep.name, executor.description)
-        if sweep.search["method"] == "optuna":
-            _run_optuna(sweep, results, executor, progress)
-        else:
-            _run_list(sweep, results, executor, _planned(sweep), progress)
-    finally:
-        if executor is not None:
-            executor.close()
-        lock.close()
-    return summarise(results, sweep.name, sweep.objective, _planned(sweep))
+    with _StopRequest() as stop:
+        try:
+            if scheduler or local_cluster:
+                executor = DaskExecutor(scheduler, local_cluster, build_root, retries)
+            else:
+                executor = LocalExecutor(workers, None if build_root is None else str(build_root), retries)
+            logger.info("sweep %s on %s", sweep.name, executor.description)
+            if sweep.search["method"] == "optuna":
+                _run_optuna(sweep, results, executor, progress, stop)
+            else:
+                _run_list(sweep, results, executor, _planned(sweep), progress, stop)
+        except Interrupted:
+            pass  # its trials are stopped and recorded: the summary of what finished, then raised again below
+        finally:
+            if executor is not None:
+                executor.close()
+            lock.close()
+        summary = summarise(results, sweep.name, sweep.objective, _planned(sweep))
+    if stop.signum is not None:
+        raise Interrupted(stop.signum, summary)
+    return summary
 
 
 def _spec(sweep: Sweep, results: Path, trial: Trial) -> dict:
@@ -949,21 +1099,26 @@ def _state(sweep: Sweep, results: Path) -> dict:
     return state
 
 
-def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: _Progress, clock: _Clock) -> dict:
+def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: _Progress, clock: _Clock,
+             stop: _StopRequest) -> dict:  # fmt: skip
     """Run ``trials`` (none of them finished) keeping the executor's workers busy; records failures as they
-    come. Returns ``{trial key: result}``."""
+    come. Returns ``{trial key: result}``. After a stop request, no trial starts, the running ones are stopped
+    and collected, then `Interrupted` is raised."""
     failures = _read_failures(results, sweep.name)
-    queue, running, out, report = list(trials), {}, {}, False
+    queue, running, out, report, stopped = list(trials), {}, {}, False, False
     while True:
-        while queue and len(running) < executor.capacity() and not clock.expired():
+        while queue and stop.signum is None and len(running) < executor.capacity() and not clock.expired():
             trial = queue.pop(0)
             running[executor.submit(_spec(sweep, results, trial))] = trial
         meter.running = len(running)
         if report:  # after the refill: "running" is what runs now
             meter.line()
             report = False
+        if stop.signum is not None and not stopped:
+            executor.stop_trials()  # they end as "interrupted" (their runs too) and are collected below
+            stopped = True
         if not running:
-            if queue:
+            if queue and stop.signum is None:
                 logger.warning("sweep %s: max_hours reached; %d trials not started", sweep.name, len(queue))
             break
         got = executor.wait_one(list(running))
@@ -978,6 +1133,9 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
             value = objective_value(result["scores"], sweep.objective)
             if value is not None and (meter.best is None or value > meter.best[0]):
                 meter.best = (value, trial.key)
+        elif result["status"] == "interrupted":  # not a failure: the next start of the sweep resumes it
+            if stop.signum is None:
+                logger.warning("sweep %s: trial %s %s; a restart resumes it", sweep.name, trial.key, result["error"])
         else:
             meter.failed += 1
             failures[trial.key] = {"trial": trial.key, "values": trial.values, "seed": trial.seed,
@@ -986,7 +1144,9 @@ def _execute(sweep: Sweep, results: Path, executor, trials: list[Trial], meter: 
             logger.warning("sweep %s: trial %s failed: %s", sweep.name, trial.key, result["error"])
         write_json(_sweep_dir(results, sweep.name) / "failures.json", failures)
         clock.save()
-        report = True
+        report = stop.signum is None  # stopping: the one line that says how to resume, not trials ending
+    clock.save()
+    stop.check()
     return out
 
 
@@ -1016,18 +1176,18 @@ def _best_of(state: dict, objective: str):
     return max(((v, k) for v, k in scored if v is not None), default=None)
 
 
-def _run_list(sweep: Sweep, results: Path, executor, planned: list[Trial], progress: bool) -> None:
+def _run_list(sweep: Sweep, results: Path, executor, planned: list[Trial], progress: bool,
+              stop: _StopRequest) -> None:  # fmt: skip
     """Grid and random searches: every planned trial that has not finished, in order."""
     state = _state(sweep, results)
     todo = [t for t in planned if state.get(t.key, {}).get("status") != "finished"]
     meter = _Progress(sweep, len(planned), len(planned) - len(todo), progress, _best_of(state, sweep.objective))
     meter.line()
     clock = _Clock(sweep, results)
-    _execute(sweep, results, executor, todo, meter, clock)
-    clock.save()
+    _execute(sweep, results, executor, todo, meter, clock, stop)
 
 
-def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
+def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool, stop: _StopRequest) -> None:
     """Adaptive search: Optuna asks for as many parameter sets as there are workers, each runs with every
     seed, their mean objective is told back; repeated until ``search.n`` sets (or the budget) are done. The
     study lives in memory and is rebuilt on a restart from the sweep's finished runs in the index; parameter
@@ -1067,23 +1227,27 @@ def _run_optuna(sweep: Sweep, results: Path, executor, progress: bool) -> None:
     meter = _Progress(sweep, total, finished, progress, _best_of(state, sweep.objective))
     meter.line()
     clock = _Clock(sweep, results)
-    while len(study.trials) < n_sets and not clock.expired():
+
+    def asked() -> int:  # sets told or being run: an enqueued (WAITING) set to resume is still to be asked
+        return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+
+    while asked() < n_sets and not clock.expired() and stop.signum is None:
         used = meter.done_before + meter.done + meter.failed
-        batch = min(max(executor.capacity(), resumed), n_sets - len(study.trials))
+        batch = min(max(executor.capacity(), resumed), n_sets - asked())
         if max_trials:
             batch = min(batch, (max_trials - used) // len(sweep.seeds))
         if batch < 1:
             break
         resumed = 0
-        asked = [study.ask(distributions) for _ in range(batch)]
+        batch_trials = [study.ask(distributions) for _ in range(batch)]
         tidy = {axis.key: axis.tidy for axis in sweep.axes}
-        sets = [{k: tidy[k](v) for k, v in t.params.items()} for t in asked]
+        sets = [{k: tidy[k](v) for k, v in t.params.items()} for t in batch_trials]
         trials = [Trial(values, seed) for values in sets for seed in sweep.seeds]
         todo = [t for t in dict(zip((t.key for t in trials), trials, strict=True)).values()  # a repeat runs once
                 if state.get(t.key, {}).get("status") != "finished"]  # fmt: skip
-        out = _execute(sweep, results, executor, todo, meter, clock)
+        out = _execute(sweep, results, executor, todo, meter, clock, stop)
         state = _state(sweep, results)
-        for t, values in zip(asked, sets, strict=True):
+        for t, values in zip(batch_trials, sets, strict=True):
             runs = [state.get(Trial(values, seed).key) for seed in sweep.seeds]
             values = [objective_value(r["scores"], sweep.objective) if r and r["status"] == "finished" else None
                       for r in runs]  # fmt: skip
@@ -1129,12 +1293,39 @@ def _cmd_sweep(args) -> int:
             raise RunError(f"{results}: no such results folder")
         summary = summarise(results, sweep.name, sweep.objective, _planned(sweep))
     else:
-        summary = run_sweep(sweep, results, workers=args.workers, scheduler=args.scheduler, retries=args.retries,
-                            local_cluster=args.local_cluster, progress=not args.quiet)  # fmt: skip
+        try:
+            summary = run_sweep(sweep, results, workers=args.workers, scheduler=args.scheduler,
+                                retries=args.retries, local_cluster=args.local_cluster,
+                                progress=not args.quiet)  # fmt: skip
+        except Interrupted as stop:
+            done = stop.summary["trials"]
+            of = f" of {done['planned']}" if done["planned"] is not None else ""
+            print(f"sweep {sweep.name} interrupted ({signal.Signals(stop.signum).name}): {done['finished']}{of} "
+                  f"trials finished; resume with: {_resume_command(args)}", file=sys.stderr)  # fmt: skip
+            return 128 + stop.signum
         _figures(sweep, results)
     _print_summary(summary)
     print(_sweep_dir(results, sweep.name) / "summary.json")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or summary["trials"]["interrupted"] else 0
+
+
+def _resume_command(args) -> str:
+    """The ``lcsnn sweep`` command line that goes on with this sweep (same file, results, executor, --set)."""
+    import shlex
+
+    results = Path(args.results if args.results is not None else default_results_root()).resolve()
+    words = ["lcsnn", "sweep", str(Path(args.sweep).resolve()), "--results", str(results)]
+    if args.local_cluster:
+        words += ["--local-cluster", str(args.local_cluster)]
+    elif args.scheduler:
+        words += ["--scheduler", args.scheduler]
+    elif args.workers != 1:
+        words += ["--workers", str(args.workers)]
+    if args.retries != 1:
+        words += ["--retries", str(args.retries)]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join(words)
 
 
 def _figures(sweep: Sweep, results: Path) -> None:
@@ -1170,13 +1361,20 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from .cli import _configure_logging
     from .errors import LcsnnError
+    from .interrupts import interruptible
 
     _configure_logging(False)
     try:
-        return _trial_main(json.loads(args.spec))
+        # SIGINT or SIGTERM (the executor stopping it) as for lcsnn run: the run is marked interrupted
+        with interruptible():
+            return _trial_main(json.loads(args.spec))
     except LcsnnError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)  # Interrupted or RunInterrupted
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def test_local_sweep_runs_every_trial_once_and_indexes_them(local_sweep, capsys)
     results, summary = local_sweep
     runs = _runs(results)
     assert sorted(runs) == sorted(t.key for t in grid_trials(load_sweep(TINY_GRID)))
-    assert summary["trials"] == {"finished": 4, "failed": 0, "planned": 4, "pending": 0}
+    assert summary["trials"] == {"finished": 4, "failed": 0, "interrupted": 0, "planned": 4, "pending": 0}
     for trial, run_dir in runs.items():
         info = json.loads((run_dir / "run.json").read_text())
         assert info["status"] == "finished" and info["tags"]["sweep"] == "tiny_grid"
@@ -472,3 +472,208 @@ def test_every_shipped_sweep_loads(path):
     assert sweep.name == path.stem and sweep.seeds
     if sweep.search["method"] == "grid":
         assert grid_trials(sweep)
+
+
+@pytest.mark.codegen_independent
+def test_optuna_restart_after_a_kill_in_the_last_batch_finishes_every_set(tmp_path, monkeypatch):
+    """A trial of the last batch killed (its run left "running"): the restart resumes it, although the study then
+    holds n trials (the finished ones and the resumed one, enqueued), and the summary has all n sets."""
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
+    path = tmp_path / "optuna.yaml"
+    path.write_text(f"""
+name: opt_last
+protocol: {SWEEPS.parent / "fixtures" / "protocols" / "tiny.yaml"}
+set: {{network.n_filters: 4}}
+axes:
+  network.mean_weight: {{min: 0.2, max: 0.7}}
+search: {{method: optuna, sampler: tpe, n: 6, seed: 3}}
+objective: test.patch_voting
+""")
+    run_sweep(load_sweep(path), results, progress=False)
+    last = max(results.glob("*/run.json"), key=lambda p: json.loads(p.read_text())["tags"]["trial"] == fake.calls[-1])
+    info = json.loads(last.read_text())
+    assert info["tags"]["trial"] == fake.calls[-1]  # a trial of the last batch (of 2)
+    last.write_text(json.dumps({**info, "status": "running"}))
+    fake.calls.clear()
+    summary = run_sweep(load_sweep(path), results, progress=False)
+    assert fake.calls == [info["tags"]["trial"]]  # resumed, and nothing else run
+    assert summary["trials"]["finished"] == 6 and len(summary["parameter_sets"]) == 6
+
+
+def _processes_in_groups(groups: set) -> list:
+    """The pids of live processes whose process group is one of ``groups`` (a trial and what it started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _in_training(results: Path, trial: str) -> bool:
+    """Whether the trial's run has checkpointed in its first (train) phase: several chunks to go, time for a
+    signal to reach it (through Dask too) before it finishes."""
+    for run_json in results.glob("*/run.json"):
+        try:
+            if json.loads(run_json.read_text())["tags"]["trial"] == trial:
+                with np.load(run_json.parent / "checkpoint.npz") as checkpoint:
+                    return int(checkpoint["phase"]) == 0
+        except (OSError, ValueError, KeyError):
+            continue
+    return False
+
+
+def _summary_values(summary: dict) -> list:
+    """A sweep summary without its run ids: what an interrupted and resumed sweep must give as an uninterrupted one."""
+    return sorted(
+        (json.dumps(g["values"], sort_keys=True), sorted(g["seeds"]), g["objective"], g["scores"])
+        for g in summary["parameter_sets"]
+    )
+
+
+@real
+@pytest.mark.parametrize(
+    "target, signals, executor",
+    [
+        ("group", [signal.SIGINT], ["--workers", "2"]),
+        ("group", [signal.SIGINT, signal.SIGINT], ["--workers", "2"]),
+        ("client", [signal.SIGTERM], ["--workers", "2", "--progress"]),
+        pytest.param("group", [signal.SIGINT], ["--local-cluster", "2"], marks=pytest.mark.slow),
+        pytest.param("client", [signal.SIGTERM], ["--local-cluster", "2"], marks=pytest.mark.slow),
+    ],
+    ids=["sigint", "sigint_twice", "sigterm", "local_cluster_sigint", "local_cluster_sigterm"],
+)
+def test_signal_to_the_client_stops_the_sweep_and_a_restart_gives_the_same_summary(
+    target, signals, executor, local_sweep, build_root, tmp_path, monkeypatch
+):
+    """SIGINT to the client's process group (Ctrl-C, once or twice) or SIGTERM to the client (Slurm), while a
+    trial runs: it stops its trials (runs marked interrupted, none failed), exits 128 + signal with one line that
+    says how to resume, leaves no process behind; the restart resumes the interrupted trials, leaves the finished
+    ones untouched and ends with the summary of the uninterrupted sweep."""
+    monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))
+    results = tmp_path / "interrupted"
+    progress = "--progress" in executor  # progress lines until the signal, none while it stops
+    executor = [word for word in executor if word != "--progress"]
+    argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(TINY_GRID), "--results", str(results), *executor,
+            *([] if progress else ["--quiet"])]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    trial_pids = set()
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # once a trial finished and another one runs and has checkpointed
+            found = _running_trial(results)
+            if found:
+                trial_pids.add(found[1])
+            statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
+            if found and "finished" in statuses and _in_training(results, found[0]):
+                break
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+        for signum in signals:
+            os.killpg(proc.pid, signum) if target == "group" else os.kill(proc.pid, signum)
+            time.sleep(0.3)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signals[0], err
+    lines = err.strip().splitlines()
+    meter = [line for line in lines if line.startswith("sweep tiny_grid: ") and " done, " in line]
+    lines = [line for line in lines if line not in meter]
+    name = signal.Signals(signals[0]).name
+    assert len(lines) == 1 and lines[0].startswith(f"sweep tiny_grid interrupted ({name}): "), err
+    assert f"resume with: lcsnn sweep {TINY_GRID.resolve()} --results {results} {' '.join(executor)}" in lines[0]
+    assert _processes_in_groups(trial_pids) == []  # no trial, compiler or compiled binary left behind
+    before = {}
+    for run_json in results.glob("*/run.json"):
+        info = json.loads(run_json.read_text())
+        before[info["tags"]["trial"]] = (info["status"], run_json.read_bytes())
+    statuses = sorted(status for status, _ in before.values())
+    assert not progress or 1 <= len(meter) <= 1 + statuses.count("finished")  # the first, then one per finished
+    assert "finished" in statuses and "interrupted" in statuses and set(statuses) <= {"finished", "interrupted"}
+    assert json.loads((results / "sweeps" / "tiny_grid" / "failures.json").read_text()) == {}
+    assert main(["sweep", str(TINY_GRID), "--results", str(results), "--workers", "2", "--quiet"]) == 0
+    runs = _runs(results)
+    for trial, (status, raw) in before.items():
+        if status == "finished":  # untouched
+            assert (runs[trial] / "run.json").read_bytes() == raw
+        else:  # resumed from its checkpoint in its own run directory
+            assert json.loads((runs[trial] / "run.json").read_text())["resumed"] == 1
+    _assert_same_results(runs, _runs(local_sweep[0]))
+    summary = json.loads((results / "sweeps" / "tiny_grid" / "summary.json").read_text())
+    assert summary["trials"] == local_sweep[1]["trials"]
+    assert _summary_values(summary) == _summary_values(json.loads(json.dumps(local_sweep[1])))
+
+
+@real
+def test_optuna_sweep_killed_in_its_last_batch_finishes_on_restart(build_root, tmp_path, monkeypatch):
+    """SIGKILL to the client of an adaptive sweep (2 sets, 1 worker: batches of one) while the last set runs:
+    the restart resumes that set (it ran nothing and exited 0 before) and the summary has both."""
+    monkeypatch.setenv("BRIAN_LCSNN_BUILD", str(build_root))
+    path = tmp_path / "opt_kill.yaml"
+    path.write_text(TINY_GRID.read_text().replace("name: tiny_grid", "name: opt_kill")
+                    .replace("protocol: ../", f"protocol: {SWEEPS}/../")
+                    .replace("network.mean_weight: [0.4, 0.5]", "network.mean_weight: {min: 0.4, max: 0.5}")
+                    .replace("seeds: [1, 2]", "seeds: [1]\nsearch: {method: optuna, n: 2, seed: 5}"))  # fmt: skip
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "brian_lcsnn", "sweep", str(path), "--results", str(results), "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the first set finished, the second (the last batch) runs
+            statuses = [json.loads(p.read_text()).get("status") for p in results.glob("*/run.json")]
+            if "finished" in statuses and _running_trial(results, "opt_kill"):
+                break
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    time.sleep(1.5)  # the orphaned trial process notices its parent is gone and kills itself
+    killed = [json.loads(p.read_text()) for p in results.glob("*/run.json")]
+    assert sorted(info["status"] for info in killed) == ["finished", "running"]
+    assert main(["sweep", str(path), "--results", str(results), "--quiet"]) == 0
+    summary = json.loads((results / "sweeps" / "opt_kill" / "summary.json").read_text())
+    assert summary["trials"]["finished"] == 2 and len(summary["parameter_sets"]) == 2
+    runs = _runs(results)  # the killed trial resumed in its run directory, nothing else ran
+    assert sorted(runs) == sorted(info["tags"]["trial"] for info in killed)
+    assert all(json.loads((d / "run.json").read_text())["status"] == "finished" for d in runs.values())
+
+
+@pytest.mark.codegen_independent
+def test_a_trial_killed_beyond_its_retries_is_interrupted_not_failed_and_the_sweep_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    """The executor reports a trial "interrupted" (its process killed twice, or stopped by SIGTERM): it is no
+    failure (not in failures.json), the summary counts it, the sweep exits 1 saying a restart resumes it, and
+    the restart runs it and exits 0."""
+    results, fake = _fake_local_executor(tmp_path, monkeypatch)
+    grid = results.parent / "grid.yaml"
+    grid.write_text(TINY_GRID.read_text().replace("protocol: ../", f"protocol: {SWEEPS}/../"))
+    submit = fake.submit
+
+    def killed_once(spec):
+        future = submit(spec)
+        if len(fake.calls) == 1:
+            result = future.result()
+            run_json = results / result["run"] / "run.json"
+            run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "status": "interrupted"}))
+            future = type(future)()
+            future.set_result({**result, "status": "interrupted", "error": "killed by signal 9", "scores": None})
+        return future
+
+    monkeypatch.setattr(fake, "submit", killed_once)
+    assert main(["sweep", str(grid), "--results", str(results), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "3 of 4 trials finished, 0 failed, 1 interrupted (a restart resumes them)" in captured.out
+    assert f"trial {fake.calls[0]} killed by signal 9; a restart resumes it" in captured.err
+    assert json.loads((results / "sweeps" / "tiny_grid" / "failures.json").read_text()) == {}
+    summary = json.loads((results / "sweeps" / "tiny_grid" / "summary.json").read_text())
+    assert summary["trials"] == {"finished": 3, "failed": 0, "interrupted": 1, "planned": 4, "pending": 1}
+    assert main(["sweep", str(grid), "--results", str(results), "--quiet"]) == 0
+    assert fake.calls[4:] == fake.calls[:1]  # only the interrupted one ran again
+    assert "4 of 4 trials finished, 0 failed;" in capsys.readouterr().out
