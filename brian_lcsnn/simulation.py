@@ -189,7 +189,6 @@ class Simulator:
         self.built: BuiltNetwork | None = None
         self.compile_seconds = 0.0
         self.compiled_now = False
-        self._indices = None
         self.cuda_fixes: dict | None = None
 
     # -- preparation -------------------------------------------------------------------------------------
@@ -302,10 +301,6 @@ class Simulator:
             )
             counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                                   self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
-            if self._indices is None:
-                self._indices = {
-                    name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))
-                }
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         finally:
             shutil.rmtree(self.build_dir / results, ignore_errors=True)
@@ -330,7 +325,6 @@ class Simulator:
         b2.seed(int(seed))
         start = time.perf_counter()
         b.network.run(self.spec.duration, namespace={})
-        self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
         new_state = NetworkState(np.array(b.xy_weights.w[:], dtype=np.float64), np.array(b.YY.w[:], dtype=np.float64),
                                  np.array(b.Y.theta_[:], dtype=np.float64))  # fmt: skip
         counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
@@ -339,9 +333,3 @@ class Simulator:
         voltages = np.array(b.voltages.v_[:]) * 1e3 if record_voltages else None
         spikes = (np.array(b.spikes.i[:]), np.array(b.spikes.t_[:])) if record_voltages else None
         return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages, spikes)
-
-    def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""
-        if self._indices is None:
-            raise RuntimeError("synapse indices are known after the first run")
-        return self._indices
