@@ -56,3 +56,17 @@ def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(k) for k in KIND_MARKERS)]
     if unmarked:
         raise pytest.UsageError(f"tests without a kind marker ({', '.join(KIND_MARKERS)}): {', '.join(unmarked)}")
+
+
+@pytest.fixture(autouse=True)
+def _codegen_independent_runs_no_simulation(request, monkeypatch):
+    """A `codegen_independent` test that starts a Brian2 run (runtime or standalone) in this process fails."""
+    if request.node.get_closest_marker("codegen_independent") is not None:
+        from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} is marked codegen_independent but runs a Brian2 simulation")
+
+        monkeypatch.setattr(brian2.Network, "run", refuse)
+        monkeypatch.setattr(CPPStandaloneDevice, "build", refuse)
+    yield

@@ -42,3 +42,17 @@ def test_marked_tests_collect_and_select_by_kind(tmp_path):
     result = _collect(tmp_path, "-m", "codegen_independent")
     assert result.returncode == 0, result.stderr
     assert "test_a.py::test_marked_itself" in result.stdout and "test_marked_by_its_module" not in result.stdout
+
+
+@pytest.mark.parametrize("device", ["runtime", "cpp_standalone"])
+def test_a_codegen_independent_test_cannot_simulate(device, tmp_path):
+    import brian2 as b2
+
+    if device != "runtime":
+        b2.set_device(device, build_on_run=False, directory=str(tmp_path))
+    group = b2.NeuronGroup(1, "dv/dt = -v / (10*ms) : 1")
+    with pytest.raises(AssertionError, match="marked codegen_independent but runs a Brian2 simulation"):
+        b2.Network(group).run(1 * b2.ms)
+    if device != "runtime":
+        with pytest.raises(AssertionError, match="codegen_independent"):
+            b2.device.build(directory=str(tmp_path), compile=False, run=False)
