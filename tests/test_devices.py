@@ -14,10 +14,13 @@ from brian_lcsnn.network import NetworkSpec
 from brian_lcsnn.simulation import NetworkState, Simulator, spike_counts
 from brian_lcsnn.topology import Geometry
 
+from .conftest import FIXTURES
+
 GEOMETRY = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3)  # 9 locations, 27 Y neurons, 432 XY synapses
 STEPS, N_SAMPLES = 60, 6
 LEARNING = np.array([1, 1, 1, 1, 0, 0], dtype=float)  # four training samples, then two evaluated
 PLASTIC = {"XY": True, "YY": True}
+NO_NORMALISATION = str(FIXTURES / "models" / "no_normalisation.yaml")
 
 
 def _spec(samples_per_chunk):
@@ -119,3 +122,23 @@ def test_a_spike_at_a_samples_last_step_counts_for_that_sample():
     counts = spike_counts(np.array([1, 1, 1, 2, 2, 0]), times, 2, 3, steps, dt)
     assert counts.tolist() == [[0, 1, 1], [0, 2, 1]]
     assert counts.dtype == np.uint16
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("samples_per_chunk", [2, 1])
+def test_a_spike_at_the_last_step_of_a_sample_is_that_samples(samples_per_chunk, build_root):
+    """Pixel 0 fires every 19 steps from step 18 of each sample (input_regular: first spike at interval - 1);
+    Y0 (XY weight 20 mV from it) fires one step later, at the last step (19) of a 20-step sample: one spike
+    per sample, in a chunk of two samples and in chunks of one."""
+    spec = NetworkSpec(geometry=Geometry(crop=2, kernel_size=2, stride=1, n_filters=2),
+                       input=load_model("input_regular"), neuron=load_model("adaptive_lif"),
+                       xy=load_model("stdp_postpre"), normalisation=load_model(NO_NORMALISATION),
+                       yy=load_model("competition_fixed"), samples_per_chunk=samples_per_chunk,
+                       time_per_sample=20 * b2.ms)  # fmt: skip
+    sim = Simulator(spec, device="runtime", build_root=build_root)
+    sim.prepare()
+    state = NetworkState(np.array([20.0, 0, 0, 0, 0, 0, 0, 0]), np.zeros(2), np.zeros(2))
+    rates = np.array([[1000 / 19, 0, 0, 0]] * 2)
+    counts = [sim.run_chunk(rates[lo : lo + samples_per_chunk], np.zeros(samples_per_chunk), state, seed=1,
+                            plastic={}, norm_target=1.0).counts for lo in range(0, 2, samples_per_chunk)]  # fmt: skip
+    assert np.concatenate(counts).tolist() == [[1, 0], [1, 0]]
