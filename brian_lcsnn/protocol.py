@@ -126,9 +126,6 @@ class Protocol:
             for role, ref in self.data["models"].items()
         }
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False)
-
 
 _MODEL_KIND = {"input": "input", "neuron": "neuron", "xy": "synapse", "normalisation": "normalisation", "yy": "synapse"}
 

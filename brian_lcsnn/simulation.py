@@ -266,7 +266,6 @@ class Simulator:
         self.built: BuiltNetwork | None = None
         self.compile_seconds = 0.0
         self.compiled_now = False
-        self._indices = None
         self.cuda_fixes: dict | None = None
         self._device = None  # this simulator's own Brian2 device (prepare creates it)
 
@@ -445,10 +444,6 @@ class Simulator:
                 )
             counts = spike_counts(b.spikes.i[:], b.spikes.t_[:], len(rates), self.spec.geometry.n_neurons,
                                   self.spec.steps_per_sample, self.spec.dt)  # fmt: skip
-            if self._indices is None:
-                self._indices = {
-                    name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))
-                }
             synapse_w = np.array(b.XY.w[:], dtype=np.float64) if read_synapses else None
         except BaseException:
             _kill_new_children(children)  # before its run_args files go
@@ -490,7 +485,6 @@ class Simulator:
         b.network.run(self.spec.duration, namespace={})
         steps = self._steps_simulated(b)
         _check_completed(steps, steps_asked)
-        self._indices = {name: (np.array(syn.i[:]), np.array(syn.j[:])) for name, syn in (("XY", b.XY), ("YY", b.YY))}
         new_state = None
         if keep_state:
             new_state = NetworkState(np.array(b.xy_weights.w[:], dtype=np.float64),
@@ -503,9 +497,3 @@ class Simulator:
         spikes = (np.array(b.spikes.i[:]), np.array(b.spikes.t_[:])) if record_voltages else None
         return ChunkResult(counts, new_state, time.perf_counter() - start, synapse_w, voltages, spikes, steps,
                            steps_asked)  # fmt: skip
-
-    def synapse_indices(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """The (pre, post) indices of XY and YY in the build's synapse order (read in the first run)."""
-        if self._indices is None:
-            raise RuntimeError("synapse indices are known after the first run")
-        return self._indices

@@ -255,13 +255,6 @@ class RunIndex:
                 logger.info("%s: no run.json, not a run directory; skipped", path)
         return dirs
 
-    def upsert(self, run_dir: Path) -> dict | None:
-        """Index one run directory; returns its row, or None (a warning names the file; a stale row of the run
-        is dropped) when one of its files cannot be read. Never raises on a bad run directory."""
-        row = _read_row(Path(run_dir))
-        self._write([row] if row else [], delete=() if row else (Path(run_dir).name,))
-        return row
-
     def rebuild(self) -> int:
         """Drop every row and index every run directory under the root again; returns the number indexed."""
         rows = [row for row in map(_read_row, self._run_dirs()) if row]

@@ -44,3 +44,29 @@ def _reset_brian2_device():
 
         brian2.device.reinit()
         brian2.set_device("runtime")
+
+
+#: What a test needs to run; every test names at least one, so `-m codegen_independent` (no Brian2 simulation at
+#: all) and `-m "not standalone"` select what they say.
+KIND_MARKERS = ("codegen_independent", "runtime", "standalone", "cuda")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked, whatever is selected
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items if not any(item.get_closest_marker(k) for k in KIND_MARKERS)]
+    if unmarked:
+        raise pytest.UsageError(f"tests without a kind marker ({', '.join(KIND_MARKERS)}): {', '.join(unmarked)}")
+
+
+@pytest.fixture(autouse=True)
+def _codegen_independent_runs_no_simulation(request, monkeypatch):
+    """A `codegen_independent` test that starts a Brian2 run (runtime or standalone) in this process fails."""
+    if request.node.get_closest_marker("codegen_independent") is not None:
+        from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} is marked codegen_independent but runs a Brian2 simulation")
+
+        monkeypatch.setattr(brian2.Network, "run", refuse)
+        monkeypatch.setattr(CPPStandaloneDevice, "build", refuse)
+    yield

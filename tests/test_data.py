@@ -27,6 +27,8 @@ from brian_lcsnn.data import (
     thesis_split,
 )
 
+pytestmark = pytest.mark.codegen_independent
+
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 

@@ -7,6 +7,8 @@ import pytest
 from brian_lcsnn import doctor
 from brian_lcsnn.doctor import Check, format_line, numpy_rule, run_doctor
 
+pytestmark = pytest.mark.codegen_independent
+
 NAMES = [
     "python",
     "brian2 / numpy",

@@ -125,7 +125,15 @@ def test_two_phase_protocol_locks_clears_and_learns_each_projection(env, tmp_pat
     assert learned.max() <= 0 and learned.min() < 0  # anti-STDP made competition, clamped at c_w_max = 0
     competition = np.load(run_dir / "competition" / "train_yy.npz")
     assert competition["counts"].sum() == learned.size
-    # the stored synapse order is the build's
+    # the stored synapse order is the build's: grouped by the stored post index, the weights XY learned sum to the
+    # normalisation's target (mean_weight x 12^2 per Y neuron), which they would not in another order; each
+    # stored pre pixel lies in its post neuron's 12 x 12 field (3 x 3 locations, stride 4, on a 20 x 20 crop)
+    trained = state("train_xy")
+    sums = np.bincount(trained["xy_j"], weights=trained["xy_w"], minlength=225)
+    np.testing.assert_allclose(sums, 0.46 * 144, rtol=1e-9)
+    row, col = trained["xy_i"] // 20 - 4 * (trained["xy_j"] % 9 // 3), trained["xy_i"] % 20 - 4 * (trained["xy_j"] % 3)
+    assert row.min() == col.min() == 0 and row.max() == col.max() == 11
+    # readout.linear: null: the voting rules alone are scored
     assert set(json.loads((run_dir / "scores.json").read_text())["test"]) == {
         "patch_voting",
         "all_voting",

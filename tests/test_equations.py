@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from brian_lcsnn.models import load_model
-from brian_lcsnn.network import NetworkSpec
+from brian_lcsnn.network import NetworkSpec, build_network
 from brian_lcsnn.simulation import NetworkState, Simulator
 from brian_lcsnn.topology import Geometry, competition_pairs, kernel_index, local_pairs
 
@@ -33,10 +33,9 @@ def _spec(geometry, *, samples_per_chunk, steps, neuron=None, xy=None, normalisa
     )
 
 
-@pytest.fixture(params=["cpp_standalone", pytest.param("runtime", marks=pytest.mark.runtime)])
+@pytest.fixture(params=[pytest.param("cpp_standalone", marks=pytest.mark.standalone),
+                        pytest.param("runtime", marks=pytest.mark.runtime)])  # fmt: skip
 def device(request):
-    if request.param == "cpp_standalone":
-        request.applymarker(pytest.mark.standalone)
     return request.param
 
 
@@ -75,6 +74,7 @@ def test_hand_computed_neuron_and_stdp(device, build_root):
     np.testing.assert_array_equal(frozen.state.theta, learned.state.theta)
 
 
+@pytest.mark.standalone
 @pytest.mark.parametrize("architecture", ["LC", "C"])
 def test_matches_numpy_statement_of_the_thesis(build_root, architecture):
     """A small network with competition, normalisation and learning across two chunks, then evaluation.
@@ -114,9 +114,14 @@ def test_matches_numpy_statement_of_the_thesis(build_root, architecture):
     ref_counts, ref_w, ref_theta = simulate(geometry, rates, learning, *_initial(geometry, rng_seed=7),
                                             norm_target=norm_target, steps=steps)  # fmt: skip
     assert counts.sum() > 50, "the test network must spike"
-    # the build's synapse order is the topology's (stored states and the reference rely on it)
-    for name, pairs in (("XY", local_pairs(geometry)), ("YY", competition_pairs(geometry))):
-        np.testing.assert_array_equal(np.stack(sim.synapse_indices()[name]), np.stack(pairs))
+    # the build's synapse order is the topology's (stored states and the reference rely on it): both
+    # projections' (i, j) as the network builds them (explicit arrays: the same order on every device)
+    b2.device.reinit()
+    b2.set_device("runtime")
+    b2.start_scope()
+    built = build_network(spec)
+    for syn, pairs in ((built.XY, local_pairs(geometry)), (built.YY, competition_pairs(geometry))):
+        np.testing.assert_array_equal(np.stack([syn.i[:], syn.j[:]]), np.stack(pairs))
     np.testing.assert_array_equal(counts, ref_counts)
     np.testing.assert_allclose(state.xy_w, ref_w, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(state.theta * 1e3, ref_theta, rtol=1e-9, atol=1e-12)

@@ -28,6 +28,7 @@ PHASES = {"train": 0, "test": 2}  # the phase index in the checkpoint
 
 
 # -- the handlers alone (no simulation) -------------------------------------------------------------------------
+@pytest.mark.codegen_independent
 def test_first_signal_raises_later_ones_do_not_and_handlers_come_back():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(RunInterrupted) as caught, interruptible():
@@ -48,6 +49,7 @@ def test_first_signal_raises_later_ones_do_not_and_handlers_come_back():
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.mark.codegen_independent
 def test_a_deferred_section_finishes_before_the_signal_is_raised():
     done = []
     with pytest.raises(RunInterrupted) as caught, interruptible():
@@ -65,6 +67,7 @@ def test_a_deferred_section_finishes_before_the_signal_is_raised():
     assert done[-1] == "dropped"
 
 
+@pytest.mark.codegen_independent
 def test_the_resume_command_names_the_run_as_the_results_folder_finds_it(tmp_path, monkeypatch):
     from brian_lcsnn.cli import _interrupted_line
 

@@ -71,7 +71,7 @@ def test_every_model_and_protocol_file_is_package_data_read_from_the_checkout():
     assert models_dir() == ROOT / "models" and protocols_dir() == ROOT / "protocols"
 
 
-@pytest.mark.codegen_independent
+@pytest.mark.runtime  # lcsnn check builds the equations on the runtime device
 def test_a_protocol_name_is_a_shipped_protocol_and_an_existing_file_wins(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # outside the checkout
     assert resolve_protocol("quickstart") == ROOT / "protocols" / "quickstart.yaml"

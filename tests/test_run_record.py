@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from brian_lcsnn import runner
+from brian_lcsnn import checks, runner
 from brian_lcsnn.protocol import load_protocol
 
 from .conftest import TINY_RUN, TINY_RUN_OVERRIDES
@@ -22,6 +22,7 @@ def test_run_json_records_the_cuda_fixes_of_the_build(tmp_path, monkeypatch, fix
     dataset = SimpleNamespace(name="mnist", source="stub")
     monkeypatch.setattr(runner, "_prepare", lambda *args, **kwargs: (dataset, sim, 12.3456))
     monkeypatch.setattr(runner, "_check_split_sizes", lambda protocol, dataset: None)
+    monkeypatch.setattr(checks, "check_protocol", lambda protocol: None)  # builds the equations: a simulation
     monkeypatch.setattr(runner, "_execute", lambda protocol, run_dir, *args, **kwargs: run_dir)
     run_dir = runner.run_protocol(load_protocol(TINY_RUN, TINY_RUN_OVERRIDES), tmp_path / "results", progress=False)
     build = json.loads((run_dir / "run.json").read_text())["build"]

@@ -13,7 +13,6 @@ import json
 import logging
 import multiprocessing
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +94,11 @@ def root(tmp_path):
     return path
 
 
-def test_upsert_row_columns_and_values(root):
-    run_dir = make_run(root, "20240102-030405-lc-aaaaaa", network={"n_filters": 25, "c_w": -50.5})
+def test_index_row_columns_and_values(root):
+    make_run(root, "20240102-030405-lc-aaaaaa", network={"n_filters": 25, "c_w": -50.5})
     with RunIndex(root) as index:
-        row = index.upsert(run_dir)
+        index.sync()
+        (row,) = index.records()
         frame = index.frame()
     assert (root / INDEX_NAME).is_file()
     assert list(frame.columns) == list(COLUMNS) and len(frame) == 1
@@ -133,7 +133,8 @@ def test_best_voting_is_max_of_voting_methods_in_last_test_phase(root, accuracie
 def test_running_run_without_scores(root):
     make_run(root, "r1", status="running", scores=None)
     with RunIndex(root) as index:
-        row = index.upsert(root / "r1")
+        index.sync()
+        (row,) = index.records()
     assert row["status"] == "running" and row["finished"] is None
     assert row["best_voting"] is None and row["linear"] is None and row["test_n"] is None
 
@@ -178,7 +179,8 @@ def test_sort(several):
     assert list(frame["n_filters"]) == [25, 50, 100]
     assert list(several.frame(sort="best_voting", descending=True)["best_voting"]) == [0.9, 0.8, 0.6]
     assert list(several.frame(sort="name", descending=True)["id"].str[:8]) == ["20240103", "20240102", "20240101"]
-    several.upsert(make_run(several.root, "20240104-x", scores=None))
+    make_run(several.root, "20240104-x", scores=None)
+    several.sync()
     assert several.frame(sort="best_voting", descending=True)["id"].iloc[-1] == "20240104-x"  # no value: last
 
 
@@ -205,7 +207,6 @@ def test_bad_files_are_reported_and_skipped(root, caplog):
     (make_run(root, "badyaml") / "protocol.yaml").write_text("network: [unclosed\n")
     (root / "stray.txt").write_text("x")
     with caplog.at_level(logging.INFO, logger="brian_lcsnn.store"), RunIndex(root) as index:
-        assert index.upsert(root / "truncated") is None
         assert index.rebuild() == 1
         index.sync()
         assert list(index.frame()["id"]) == ["good"]
@@ -271,7 +272,8 @@ def test_foreign_values_are_stored_not_fatal(root):
     write_json(run_dir / "run.json", info)
     write_json(run_dir / "scores.json", {"test": {"patch_voting": {"accuracy": "high"}, "linear": {}}})
     with RunIndex(root) as index:
-        row = index.upsert(run_dir)
+        index.sync()
+        (row,) = index.records()
         assert row["seed"] == "[1, 2]" and row["y_neurons"] is None and row["train_samples"] == 7
         assert row["best_voting"] is None and row["linear"] is None
         assert list(index.frame()["id"]) == ["odd"]
@@ -291,19 +293,21 @@ def test_empty_index_and_unwritable_index(root, caplog):
     assert "in-memory" in caplog.text
 
 
-def _upsert_worker(job):
+def _sync_worker(job):
     root, names = job
+    for name in names:  # each run appears while the other process indexes too
+        make_run(Path(root), name)
+        with RunIndex(Path(root)) as index:
+            index.sync()
     with RunIndex(Path(root)) as index:
-        return sum(index.upsert(Path(root) / name) is not None for name in names)
+        return sum(name in {r["id"] for r in index.records()} for name in names)
 
 
-def test_two_processes_upsert_concurrently(root):
+def test_two_processes_index_concurrently(root):
     names = [[f"w{w}-run{k:02d}" for k in range(20)] for w in range(2)]
-    for name in names[0] + names[1]:
-        make_run(root, name)
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter each, as two `lcsnn` processes
     with ctx.Pool(2) as pool:
-        assert pool.map(_upsert_worker, [(str(root), n) for n in names]) == [20, 20]
+        assert pool.map(_sync_worker, [(str(root), n) for n in names]) == [20, 20]
     with RunIndex(root) as index:
         assert sorted(index.frame()["id"]) == sorted(names[0] + names[1])
     with sqlite3.connect(root / INDEX_NAME) as db:
@@ -322,21 +326,18 @@ def test_list_runs(several, root, monkeypatch):
 # ---------------------------------------------------------------- commands
 
 
-def test_runs_lists_100_runs_fast(root, capsys):
+def test_runs_lists_100_runs(root, capsys):
     for k in range(100):
         make_run(root, f"20240101-{k:06d}-lc-{k:06x}", network={"n_filters": 25 + k})
     assert call("runs", "--results", root) == 0
     first = capsys.readouterr().out.splitlines()
-    start = time.perf_counter()
-    assert call("runs", "--results", root) == 0
-    elapsed = time.perf_counter() - start
+    assert call("runs", "--results", root) == 0  # the second reads the index
     out = capsys.readouterr()
     lines = out.out.splitlines()
     assert lines == first and len(lines) == 101  # header and 100 runs
     assert lines[0].split() == list(store.DEFAULT_COLUMNS)
     assert "100 run(s)" in out.err
     assert len({len(line) for line in lines[:1] + lines[1:]}) <= 2  # aligned (rstrip may shorten some)
-    assert elapsed < 3.0, elapsed
 
 
 def test_runs_json_csv_columns_filter_sort(several, root, capsys):

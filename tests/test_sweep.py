@@ -466,6 +466,7 @@ budget: {{max_hours: {hours}}}
     assert json.loads((results / "sweeps" / "budgeted" / "budget.json").read_text())["seconds"] >= 3600
 
 
+@pytest.mark.codegen_independent
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_sweep_loads(path):
     sweep = load_sweep(path)

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from brian_lcsnn.topology import ARCHITECTURES, Geometry, GeometryError, competition_pairs, kernel_index, local_pairs
+from brian_lcsnn.topology import Geometry, GeometryError, competition_pairs, kernel_index, local_pairs
 
 pytestmark = pytest.mark.codegen_independent
 
@@ -110,10 +110,11 @@ def test_side_rounds_down_when_the_stride_does_not_tile():
 
 def test_defaults_and_frozen():
     g = Geometry(20, 12, 4, 25)
-    assert g.architecture == "LC"
-    assert "LC" in ARCHITECTURES
+    assert (g.architecture, g.yy_pairs) == ("LC", "competition")
     with pytest.raises(dataclasses.FrozenInstanceError):
         g.n_filters = 100
+    assert (g.crop, g.kernel_size, g.stride, g.n_filters) == (20, 12, 4, 25)  # the failed assignment changed nothing
+    assert hash(g) == hash(Geometry(20, 12, 4, 25))  # frozen: usable as a key (the build cache's structure)
 
 
 def test_numpy_integers_are_accepted():
