@@ -174,6 +174,8 @@ SENDS = {
 }
 SLOW_SENDS = {"SIGTERM to the group": (lambda pid: os.killpg(pid, signal.SIGTERM), 143)}  # what Slurm sends
 SENDS.update(SLOW_SENDS)
+#: In the default suite: one Ctrl-C to the group and SIGTERM to the process; the other ways with -m slow
+SLOW_SENDS = {*SLOW_SENDS, "SIGINT twice to the group", "SIGINT to the process"}
 
 
 @pytest.mark.standalone

@@ -540,7 +540,7 @@ def _summary_values(summary: dict) -> list:
     "target, signals, executor",
     [
         ("group", [signal.SIGINT], ["--workers", "2"]),
-        ("group", [signal.SIGINT, signal.SIGINT], ["--workers", "2"]),
+        pytest.param("group", [signal.SIGINT, signal.SIGINT], ["--workers", "2"], marks=pytest.mark.slow),
         ("client", [signal.SIGTERM], ["--workers", "2", "--progress"]),
         pytest.param("group", [signal.SIGINT], ["--local-cluster", "2"], marks=pytest.mark.slow),
         pytest.param("client", [signal.SIGTERM], ["--local-cluster", "2"], marks=pytest.mark.slow),
