@@ -1,0 +1,90 @@
+"""Speed changes that must not change a result: our builds against Brian2's generic code (issue 15, item 1)."""
+
+import re
+
+import brian2 as b2
+import numpy as np
+import pytest
+
+from brian_lcsnn import standalone
+from brian_lcsnn.models import load_model
+from brian_lcsnn.network import NetworkSpec
+from brian_lcsnn.simulation import NetworkState, Simulator
+from brian_lcsnn.topology import Geometry
+
+pytestmark = pytest.mark.standalone
+
+GEOMETRY = Geometry(crop=8, kernel_size=4, stride=2, n_filters=3, architecture="LC")
+
+
+def _spec():
+    return NetworkSpec(
+        geometry=GEOMETRY,
+        input=load_model("input_poisson"),
+        neuron=load_model("adaptive_lif"),
+        xy=load_model("stdp_postpre"),
+        normalisation=load_model("normalise_incoming"),
+        yy=load_model("competition_fixed"),
+        samples_per_chunk=4,
+        time_per_sample=40 * b2.ms,
+    )
+
+
+def _loop_after_tick(build_dir) -> str:
+    """The end of network.cpp's time step loop: after the clocks tick, up to the loop's closing brace."""
+    source = (build_dir / "network.cpp").read_text()
+    return re.search(r"->tick\(\);(.*?)\n    \}\n", source, re.S).group(1)
+
+
+def _train_then_frozen(sim: Simulator):
+    rng = np.random.default_rng(3)
+    rates = rng.integers(0, 256, size=(7, GEOMETRY.n_inputs)) / 255 * 127.5
+    state = NetworkState(rng.random(GEOMETRY.n_xy_parameters), np.full(GEOMETRY.n_yy, -5.0),
+                         np.zeros(GEOMETRY.n_neurons))  # fmt: skip
+    train = sim.run_chunk(rates[:4], np.ones(4), state, seed=5, plastic={"XY": True}, norm_target=25.6)
+    # a partial frozen chunk: padded, so its state is the whole chunk's; then one whose state is dropped
+    frozen = sim.run_chunk(rates[4:7], np.zeros(3), train.state, seed=6, plastic={}, norm_target=25.6)
+    dropped = sim.run_chunk(rates[4:6], np.zeros(2), frozen.state, seed=7, plastic={}, norm_target=25.6,
+                            keep_state=False)  # fmt: skip
+    return train, frozen, dropped
+
+
+def test_builds_without_the_step_clock_give_the_generic_results(build_root, tmp_path, monkeypatch):
+    """The per-step std::clock() read is gone from our network.cpp, and a train chunk, a padded frozen chunk and
+    a frozen chunk that stops early give bit-identical counts, weights and thresholds to Brian2's network.cpp."""
+    ours = Simulator(_spec(), build_root=build_root)
+    ours.prepare()
+    monkeypatch.setattr(standalone, "STEP_CLOCK_OFF", False)
+    generic = Simulator(_spec(), build_root=tmp_path)
+    generic.prepare()
+    monkeypatch.undo()
+    assert generic.key != ours.key  # the two never share a build folder
+    assert "std::clock()" in _loop_after_tick(generic.build_dir)
+    assert "std::clock()" not in _loop_after_tick(ours.build_dir)
+    # the run's time is still measured, once, after the loop
+    assert "elapsed_realtime = (double)(current - start)" in (ours.build_dir / "network.cpp").read_text()
+
+    results = _train_then_frozen(ours)
+    expected = _train_then_frozen(generic)
+    assert results[0].counts.sum() > 20, "the test network must spike"
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(got.counts, want.counts)
+        assert got.complete and want.complete
+        if want.state is not None:
+            for name in ("xy_w", "yy_w", "theta"):
+                np.testing.assert_array_equal(getattr(got.state, name), getattr(want.state, name))
+    assert results[1].state is not None and results[2].state is None
+
+
+def test_without_step_clock_leaves_other_sources_alone():
+    """A network.cpp without exactly one per-step read (Brian2 2.10, OpenMP) comes back unchanged."""
+    source = "while(x)\n{\n    f();\n}\n    Network::_globally_running = false;\n"
+    assert standalone.without_step_clock(source) == source
+    with_read = source.replace(
+        "    f();\n",
+        "    f();\n        current = std::clock();\n"
+        "        elapsed_realtime = (double)(current - start)/(1 * CLOCKS_PER_SEC);\n",
+    )
+    moved = standalone.without_step_clock(with_read)
+    assert moved.index("std::clock()") > moved.index("}")
+    assert standalone.without_step_clock(with_read + with_read) == with_read + with_read
