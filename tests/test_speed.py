@@ -10,7 +10,7 @@ from brian_lcsnn import standalone
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec
 from brian_lcsnn.simulation import NetworkState, Simulator
-from brian_lcsnn.topology import Geometry
+from brian_lcsnn.topology import Geometry, competition_pairs
 
 pytestmark = pytest.mark.standalone
 
@@ -49,9 +49,10 @@ def _train_then_frozen(sim: Simulator):
     return train, frozen, dropped
 
 
-def test_builds_without_the_step_clock_give_the_generic_results(build_root, tmp_path, monkeypatch):
-    """The per-step std::clock() read is gone from our network.cpp, and a train chunk, a padded frozen chunk and
-    a frozen chunk that stops early give bit-identical counts, weights and thresholds to Brian2's network.cpp."""
+def test_lean_builds_give_the_generic_results(build_root, tmp_path, monkeypatch):
+    """The per-step std::clock() read is gone from our network.cpp and no delay is written into the results, and a
+    train chunk, a padded frozen chunk and a frozen chunk that stops early give bit-identical counts, weights and
+    thresholds to Brian2's own network.cpp and objects.cpp."""
     ours = Simulator(_spec(), build_root=build_root)
     ours.prepare()
     monkeypatch.setattr(standalone, "STEP_CLOCK_OFF", False)
@@ -61,6 +62,13 @@ def test_builds_without_the_step_clock_give_the_generic_results(build_root, tmp_
     assert generic.key != ours.key  # the two never share a build folder
     assert "std::clock()" in _loop_after_tick(generic.build_dir)
     assert "std::clock()" not in _loop_after_tick(ours.build_dir)
+    # no synapse delay is written into the results (the package never reads them); weights and indices are
+    for name, written in (("delay", False), ("delay_1", False), ("w", True), ("_synaptic_pre", True)):
+        for projection in ("XY", "YY"):
+            array = f"_dynamic_array_{projection}_{name}"
+            if f"outfile_{array};" not in (generic.build_dir / "objects.cpp").read_text():
+                continue  # YY has no second pathway
+            assert (f"outfile_{array};" in (ours.build_dir / "objects.cpp").read_text()) == written, array
     # the run's time is still measured, once, after the loop
     assert "elapsed_realtime = (double)(current - start)" in (ours.build_dir / "network.cpp").read_text()
 
@@ -88,3 +96,29 @@ def test_without_step_clock_leaves_other_sources_alone():
     moved = standalone.without_step_clock(with_read)
     assert moved.index("std::clock()") > moved.index("}")
     assert standalone.without_step_clock(with_read + with_read) == with_read + with_read
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        GEOMETRY,
+        Geometry(crop=8, kernel_size=4, stride=2, n_filters=3, architecture="C"),
+        Geometry(crop=6, kernel_size=6, stride=1, n_filters=5, architecture="FC"),
+        Geometry(crop=8, kernel_size=4, stride=4, n_filters=1, architecture="LC"),
+        Geometry(crop=8, kernel_size=4, stride=2, n_filters=3, architecture="LC", yy_pairs="all"),
+    ],
+)
+def test_yy_generator_makes_the_pairs_of_the_condition_in_their_order(geometry):
+    """The YY synapses made by the generator (no test of every pair) are the condition's, in the same order."""
+    b2.start_scope()
+    group = b2.NeuronGroup(geometry.n_neurons, "v : 1")
+    by_condition = b2.Synapses(group, group)
+    by_condition.connect(condition=geometry.yy_condition())
+    by_generator = b2.Synapses(group, group)
+    by_generator.connect(**geometry.yy_connect())
+    np.testing.assert_array_equal(by_generator.i[:], by_condition.i[:])
+    np.testing.assert_array_equal(by_generator.j[:], by_condition.j[:])
+    np.testing.assert_array_equal(
+        np.stack([by_generator.i[:], by_generator.j[:]]), np.stack(competition_pairs(geometry))
+    )
+    assert ("j" in geometry.yy_connect()) == (geometry.yy_pairs == "competition")
