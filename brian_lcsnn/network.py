@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import brian2 as b2
 import numpy as np
 
+from . import standalone
 from .models import ModelFile
 from .topology import Geometry
 
@@ -259,7 +260,10 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
     yy_equations = b2.Equations(spec.yy.section("equations"))
     if g.yy_pairs == "all":
         yy_equations += b2.Equations("competing : boolean (constant)")
-    YY = _synapses(spec.yy, Y, Y, yy_equations, g.yy_connect(), "YY", step_clock, sample_clock)
+    # our C++ builds make the competing pairs by a generator; runtime, CUDA and the generic build by the condition
+    lean = standalone.LEAN and isinstance(b2.get_device(), standalone.LcsnnStandaloneDevice)
+    yy_connect = g.yy_connect() if lean else {"condition": g.yy_condition()}
+    YY = _synapses(spec.yy, Y, Y, yy_equations, yy_connect, "YY", step_clock, sample_clock)
     if g.yy_pairs == "all":
         # the thesis code: the whole Y x Y matrix learns within a sample, and after every sample in which
         # it learned, the weights between neurons that do not compete are zeroed again

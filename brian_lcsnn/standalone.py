@@ -24,16 +24,16 @@ from types import SimpleNamespace
 from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
 from brian2.synapses.synapses import Synapses
 
-__all__ = ["LcsnnStandaloneDevice", "STEP_CLOCK_OFF", "network_variant", "without_step_clock", "without_writes"]
+__all__ = ["LcsnnStandaloneDevice", "LEAN", "network_variant", "without_step_clock", "without_writes"]
 
 logger = logging.getLogger(__name__)
 
-#: Whether our builds take the per-step clock read out and write no delays (False: Brian2's network.cpp and
-#: objects.cpp as they are, for comparisons).
-STEP_CLOCK_OFF = True
+#: Whether our builds take the per-step clock read out, write no delays and make YY by a generator (False:
+#: Brian2's network.cpp and objects.cpp as they are and YY by its condition, the generic code for comparisons).
+LEAN = True
 
 #: The version of the changes made to network.cpp and objects.cpp; part of the structure key of a build.
-VARIANT = "step-clock-off-1,no-delay-writes-1"
+VARIANT = "step-clock-off-1,no-delay-writes-1,yy-generator-1"
 
 # Brian2 2.9, one thread: the read at the end of each step of the while loop
 _STEP_READ = re.compile(
@@ -44,8 +44,8 @@ _LOOP_END = "    Network::_globally_running = false;\n"
 
 
 def network_variant() -> str:
-    """What a build's network.cpp and objects.cpp are: ``VARIANT`` or ``"brian2"`` (for the structure key)."""
-    return VARIANT if STEP_CLOCK_OFF else "brian2"
+    """What a build's network.cpp, objects.cpp and YY creation are: ``VARIANT`` or ``"brian2"`` (structure key)."""
+    return VARIANT if LEAN else "brian2"
 
 
 def without_step_clock(source: str) -> str:
@@ -93,7 +93,7 @@ class LcsnnStandaloneDevice(CPPStandaloneDevice):
     and whose objects.cpp writes no synapse delays into the results."""
 
     def generate_network_source(self, writer, compiler):
-        if not STEP_CLOCK_OFF or getattr(self, "_maximum_run_time", None) is not None:
+        if not LEAN or getattr(self, "_maximum_run_time", None) is not None:
             return super().generate_network_source(writer, compiler)
         for filename, contents in _capture(super().generate_network_source, compiler).items():
             if filename == "network.*":
@@ -101,7 +101,7 @@ class LcsnnStandaloneDevice(CPPStandaloneDevice):
             writer.write(filename, contents)
 
     def generate_objects_source(self, writer, *args, **kwargs):
-        if not STEP_CLOCK_OFF:
+        if not LEAN:
             return super().generate_objects_source(writer, *args, **kwargs)
         delays = [name for var, name in self.dynamic_arrays.items()
                   if var.name == "delay" and isinstance(var.owner, Synapses)]  # fmt: skip

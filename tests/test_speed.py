@@ -9,6 +9,7 @@ import pytest
 from brian_lcsnn import standalone
 from brian_lcsnn.models import load_model
 from brian_lcsnn.network import NetworkSpec
+from brian_lcsnn.results import read_json
 from brian_lcsnn.simulation import NetworkState, Simulator
 from brian_lcsnn.topology import Geometry, competition_pairs
 
@@ -55,7 +56,7 @@ def test_lean_builds_give_the_generic_results(build_root, tmp_path, monkeypatch)
     thresholds to Brian2's own network.cpp and objects.cpp."""
     ours = Simulator(_spec(), build_root=build_root)
     ours.prepare()
-    monkeypatch.setattr(standalone, "STEP_CLOCK_OFF", False)
+    monkeypatch.setattr(standalone, "LEAN", False)
     generic = Simulator(_spec(), build_root=tmp_path)
     generic.prepare()
     monkeypatch.undo()
@@ -122,3 +123,28 @@ def test_yy_generator_makes_the_pairs_of_the_condition_in_their_order(geometry):
         np.stack([by_generator.i[:], by_generator.j[:]]), np.stack(competition_pairs(geometry))
     )
     assert ("j" in geometry.yy_connect()) == (geometry.yy_pairs == "competition")
+
+
+def test_a_protocol_run_is_the_generic_builds_result(tiny_run, tmp_path, monkeypatch):
+    """A whole tiny run (train with a learning curve, calibrate, test: frozen chunks carry the state on) gives the
+    same scores.json, counts and states with our lean build as with Brian2's generic code."""
+    from brian_lcsnn.protocol import load_protocol
+    from brian_lcsnn.runner import run_protocol
+
+    from .conftest import TINY_RUN, TINY_RUN_OVERRIDES
+
+    monkeypatch.setattr(standalone, "LEAN", False)
+    generic = run_protocol(load_protocol(TINY_RUN, TINY_RUN_OVERRIDES), tmp_path / "runs", build_root=tmp_path / "b",
+                           progress=False)  # fmt: skip
+    assert (generic / "scores.json").read_text() == (tiny_run / "scores.json").read_text()
+    assert (generic / "curves").exists()
+    for name in ("state.npz", *(str(p.relative_to(tiny_run)) for p in (tiny_run / "counts").glob("*.npz")),
+                 *(str(p.relative_to(tiny_run)) for p in (tiny_run / "states").glob("*.npz"))):  # fmt: skip
+        ours, theirs = np.load(tiny_run / name), np.load(generic / name)
+        assert sorted(ours.files) == sorted(theirs.files), name
+        for key in ours.files:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{name}: {key}")
+    for name in (p.relative_to(tiny_run) for p in (tiny_run / "curves").glob("*.json")):
+        points = [{k: v for k, v in p.items() if k != "seconds"} for p in read_json(tiny_run / name)["points"]]
+        theirs = [{k: v for k, v in p.items() if k != "seconds"} for p in read_json(generic / name)["points"]]
+        assert points == theirs, name
