@@ -9,7 +9,7 @@ expected (Brian2 2.10 reads the clock in the loop only for a maximum run time; O
 ``omp_get_wtime``), it is left as Brian2 wrote it.
 
 At the end of every run Brian2 writes every array to the results folder; the synapses' ``delay`` arrays (one
-value per synapse, fixed by the structure: the package never reads them) are left out, 82 of an LC 1000
+value per synapse, fixed by the structure: the package never reads them) are left out, 93 of an LC 1000
 chunk's 258 MB. Reading a synapse's ``delay`` after a run of our build is therefore an error.
 
 The CUDA device stays brian2cuda's own.
