@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import brian2 as b2
 import numpy as np
 
+from . import standalone
 from .models import ModelFile
 from .topology import Geometry
 
@@ -138,7 +139,7 @@ class _NamedClock(b2.Clock):
         return zlib.crc32(self.__dict__.get("_name", "").encode())
 
 
-def _synapses(model: ModelFile, source, target, equations, condition: str, name: str, step_clock, sample_clock):
+def _synapses(model: ModelFile, source, target, equations, connect: dict, name: str, step_clock, sample_clock):
     """Synapses from a synapse model file, in the order of a step (slot ``synapses``):
 
     on_post (-1), on_pre (1), step_end (2, every step), transmit (3, a second presynaptic pathway that
@@ -150,7 +151,7 @@ def _synapses(model: ModelFile, source, target, equations, condition: str, name:
         on_pre = {"pre": on_pre, "transmit": model.section("transmit")}
     syn = b2.Synapses(source, target, equations, on_pre=on_pre, on_post=model.section("on_post"),
                       namespace=dict(model.compiled_parameters), clock=step_clock, name=name)  # fmt: skip
-    syn.connect(condition=condition)
+    syn.connect(**connect)
     for pathway in syn._pathways:
         pathway.order = PATHWAY_ORDER[pathway.objname if pathway.objname in PATHWAY_ORDER else pathway.prepost]
     _group_code(model, syn, "step_end", f"{name}_step_end", when="synapses", order=2)
@@ -238,7 +239,7 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
     if shared:
         kernels = _kernels(spec, learning_schedule, step_clock, sample_clock)
         xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations("kernel_index : integer (constant)")
-        XY = _synapses(spec.xy, X, Y, xy_equations, g.xy_condition(), "XY", step_clock, sample_clock)
+        XY = _synapses(spec.xy, X, Y, xy_equations, {"condition": g.xy_condition()}, "XY", step_clock, sample_clock)
         XY.kernel_index = g.kernel_index_expression()
         XY.w = b2.linked_var(kernels.group, "w", index="kernel_index")
     else:
@@ -246,7 +247,7 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
         xy_equations = b2.Equations(spec.xy.section("equations")) + b2.Equations(
             spec.normalisation.section("synapse_equations")
         )
-        XY = _synapses(spec.xy, X, Y, xy_equations, g.xy_condition(), "XY", step_clock, sample_clock)
+        XY = _synapses(spec.xy, X, Y, xy_equations, {"condition": g.xy_condition()}, "XY", step_clock, sample_clock)
         # sum and normalise once per sample, not every step (summing 10^5..10^6 weights each step would dominate)
         for updater in XY.summed_updaters.values():
             updater._clock = sample_clock
@@ -259,7 +260,10 @@ def build_network(spec: NetworkSpec, record_voltages: bool = False) -> BuiltNetw
     yy_equations = b2.Equations(spec.yy.section("equations"))
     if g.yy_pairs == "all":
         yy_equations += b2.Equations("competing : boolean (constant)")
-    YY = _synapses(spec.yy, Y, Y, yy_equations, g.yy_condition(), "YY", step_clock, sample_clock)
+    # our C++ builds make the competing pairs by a generator; runtime, CUDA and the generic build by the condition
+    lean = standalone.LEAN and isinstance(b2.get_device(), standalone.LcsnnStandaloneDevice)
+    yy_connect = g.yy_connect() if lean else {"condition": g.yy_condition()}
+    YY = _synapses(spec.yy, Y, Y, yy_equations, yy_connect, "YY", step_clock, sample_clock)
     if g.yy_pairs == "all":
         # the thesis code: the whole Y x Y matrix learns within a sample, and after every sample in which
         # it learned, the weights between neurons that do not compete are zeroed again

@@ -37,6 +37,7 @@ from brian2.devices.device import all_devices, reset_device
 
 from .errors import DeviceError
 from .network import BuiltNetwork, NetworkSpec, build_network
+from .standalone import LcsnnStandaloneDevice, network_variant
 
 __all__ = ["DeviceError", "DEVICES", "NetworkState", "ChunkResult", "Simulator", "default_build_root", "spike_counts"]
 
@@ -124,6 +125,7 @@ def _structure_key(spec: NetworkSpec, device: str, float_dtype: str, threads: in
         "threads": threads,
         "brian2": b2.__version__,
         "numpy": np.__version__,
+        "network_cpp": network_variant() if device == "cpp_standalone" else "brian2",
         # the Python that lays out the network is part of the structure too
         "network_code": hashlib.sha256(Path(inspect.getfile(build_network)).read_bytes()).hexdigest(),
     }
@@ -315,7 +317,9 @@ class Simulator:
             self._device = None
         self.built = None
         gc.collect()
-        self._device = type(all_devices[self.device_name])()
+        # cpp_standalone: Brian2's device without the per-step clock read (`standalone`); CUDA: brian2cuda's
+        device_class = LcsnnStandaloneDevice if self.device_name == "cpp_standalone" else None
+        self._device = (device_class or type(all_devices[self.device_name]))()
         with self._active(), _own_names():
             self._build_standalone(progress)
 

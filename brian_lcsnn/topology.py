@@ -153,6 +153,15 @@ class Geometry:
         """The index condition of the YY synapses."""
         return self.competing_condition() if self.yy_pairs == "competition" else "True"
 
+    def yy_connect(self) -> dict[str, str]:
+        """``Synapses(Y, Y).connect(**...)`` for the YY synapses: the pairs of `yy_condition`, pre-major and in
+        the same order, but the competing ones made by a generator (the F - 1 other channels at i's location),
+        not by testing every one of the n_neurons^2 pairs in every run of a chunk."""
+        if self.yy_pairs != "competition":
+            return {"condition": self.yy_condition()}
+        L, F = self.n_locations, self.n_filters
+        return {"j": f"i % {L} + k * {L} for k in range({F}) if k != i // {L}"}
+
 
 def local_pairs(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """All XY (pre, post) index pairs, pre-major as ``connect(condition=...)`` creates them."""
